@@ -53,13 +53,6 @@ class EventQueue(Generic[T]):
     def pop(self) -> Event[T]:
         return heapq.heappop(self._heap)
 
-    def pop_until(self, time: float) -> list[Event[T]]:
-        """All events at or before ``time``, in order."""
-        out = []
-        while self._heap and self._heap[0].time <= time:
-            out.append(heapq.heappop(self._heap))
-        return out
-
     def __len__(self) -> int:
         return len(self._heap)
 

@@ -52,7 +52,7 @@ class Call:
     slot: _Slot
     actor: Any  # the actor the call went to (the slot may have a replacement since)
     jobs: list[_Queued]
-    future: asyncio.Future[Any] = field(init=False)
+    future: asyncio.Future[Any] = field(init=False)  # the consumer task: a strong reference keeps it alive
 
 
 class ExecutorPool:
@@ -75,6 +75,7 @@ class ExecutorPool:
         self.queue: list[_Queued] = []
         self.calls: set[Call] = set()
         self.replaced = 0
+        self.closing = False  # set by shutdown(): its kills are not executor failures
         self.stats = {"calls": 0, "jobs": 0, "waits": 0, "wait_seconds": 0.0}
         self.error: BaseException | None = None
         self._arrived = asyncio.Event()  # set whenever a result (or a failure) comes in
@@ -150,6 +151,8 @@ class ExecutorPool:
                 self.on_outputs(outs)
                 self._arrived.set()
         except EXECUTOR_LOST:
+            if self.closing:
+                return  # shutdown() killed it: the run is over, nothing to re-run
             lost = [q for q in call.jobs if q.spec.uid not in returned]
             call.slot.outstanding -= len(lost)
             self._replace(call.slot, call.actor)
@@ -201,5 +204,6 @@ class ExecutorPool:
                 slot.outstanding -= 1
 
     def shutdown(self) -> None:
+        self.closing = True
         for s in self.slots:
             ray.kill(s.actor)
