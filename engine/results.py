@@ -111,6 +111,19 @@ class RunRecorder:
         self.evaluated[v] = (accuracy, loss)
         self.pending_evals.discard(v)
 
+    def settled_evaluations(self) -> list[dict[str, Any]]:
+        """Evaluation rows in version order, up to the first one still pending: a
+        consumer that reads them as they come (Tune's reports) sees a stable sequence."""
+        cut = min(self.pending_evals, default=None)
+        rows = []
+        for v in sorted(self.evaluated):
+            if cut is not None and v > cut:
+                break
+            acc, loss = self.evaluated[v]
+            ver = self.versions[v]
+            rows.append({"version": v, "accuracy": acc, "loss": loss, **ver})
+        return rows
+
     def target_version(self) -> int | None:
         """The first version reaching the target accuracy, once every earlier evaluation
         is in: evaluations finish in any order, the answer must not depend on it."""

@@ -123,9 +123,19 @@ ProgressHook = Callable[[dict[str, Any]], None]
 
 
 def run_experiment(
-    cfg: Config, *, show_progress: bool = False, on_progress: ProgressHook | None = None, write: bool = True
+    cfg: Config,
+    *,
+    show_progress: bool = False,
+    on_progress: ProgressHook | None = None,
+    on_evaluation: ProgressHook | None = None,
+    write: bool = True,
 ) -> tuple[dict[str, Any], Path | None]:
-    """Run ``cfg`` on the connected Ray; write its results; return (result, out_dir)."""
+    """Run ``cfg`` on the connected Ray; write its results; return (result, out_dir).
+
+    ``on_progress`` gets the server's progress dict about four times a second;
+    ``on_evaluation`` gets every evaluation row exactly once, in version order
+    (``version, accuracy, loss, sim_time, wall_time, updates, bytes_up, ...``).
+    """
     import ray
     from tqdm import tqdm
 
@@ -138,9 +148,20 @@ def run_experiment(
     bar = tqdm(
         total=cfg.stop.max_versions or None, unit="version", disable=not show_progress, file=sys.stderr
     )
+    seen = 0
+
+    def evaluations() -> None:
+        nonlocal seen
+        if on_evaluation is not None:
+            rows = ray.get(server.evaluations.remote(seen))
+            seen += len(rows)
+            for row in rows:
+                on_evaluation(row)
+
     try:
         ref = server.run.remote()
         while not ray.wait([ref], timeout=0.25)[0]:
+            evaluations()
             info = ray.get(server.progress.remote())
             if on_progress is not None:
                 on_progress(info)
@@ -153,6 +174,7 @@ def run_experiment(
                 }
                 bar.set_postfix(post, refresh=False)
         result = ray.get(ref)
+        evaluations()
         bar.update(max(0, result["summary"]["versions"] - bar.n))
     finally:
         bar.close()

@@ -48,6 +48,11 @@ class Server:
     async def progress(self) -> dict[str, Any]:
         return dict(self.progress_info)
 
+    async def evaluations(self, start: int) -> list[dict[str, Any]]:
+        """Evaluation rows from the ``start``-th on, in version order (see RunRecorder)."""
+        rec = getattr(self, "rec", None)
+        return rec.settled_evaluations()[start:] if rec is not None else []
+
     # ---- set-up ----------------------------------------------------------------------
     async def run(self) -> dict[str, Any]:
         cfg = self.cfg

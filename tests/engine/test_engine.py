@@ -34,10 +34,17 @@ def frames(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 def test_identical_results_with_one_and_two_executors(tmp_path: Path) -> None:
     common = ("clients.speed.family=lognormal", "clients.speed.jitter=0.3", "clients.network.sigma=0.5")
     _, one = run(tiny(*common, "executors.num=1", f"out_dir={tmp_path / 'one'}"), tmp_path)
-    _, two = run(tiny(*common, "executors.num=2", f"out_dir={tmp_path / 'two'}"), tmp_path)
+    seen: list[dict] = []
+    _, two = run(
+        tiny(*common, "executors.num=2", f"out_dir={tmp_path / 'two'}"), tmp_path, on_evaluation=seen.append
+    )
     m1, e1 = frames(one)
     m2, e2 = frames(two)
     assert len(m1) >= 4 and len(e1) >= 12
+    # on_evaluation saw every evaluated version once, in order, with the written numbers.
+    evaluated = m2.dropna(subset=["accuracy"])
+    assert [r["version"] for r in seen] == evaluated["version"].tolist()
+    assert [r["accuracy"] for r in seen] == evaluated["accuracy"].tolist()
     pd.testing.assert_frame_equal(m1, m2, check_exact=True)
     pd.testing.assert_frame_equal(e1, e2, check_exact=True)
     for name in ("config.yaml", "summary.json", "accuracy.png", "timeline.png", "model.npy"):
