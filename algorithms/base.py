@@ -17,6 +17,7 @@ checkpointing is serialising it. Arrays in a state are never modified in place.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -88,18 +89,32 @@ class ServerCost:
     seconds_per_aggregation: float = 0.0
     seconds_per_update: float = 0.0  # per update aggregated
     seconds_per_mb: float = 0.0  # per MB of updates aggregated
+    step_seconds: float = 0.0  # the optional server step after each aggregation (ServerStep)
 
     def __post_init__(self) -> None:
-        for name in ("seconds_per_aggregation", "seconds_per_update", "seconds_per_mb"):
+        for name in ("seconds_per_aggregation", "seconds_per_update", "seconds_per_mb", "step_seconds"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 (got {getattr(self, name)})")
+
+    @property
+    def is_zero(self) -> bool:
+        return not any(dataclasses.astuple(self))
 
     def aggregation_time(self, num_updates: int, update_bytes: int) -> float:
         return (
             self.seconds_per_aggregation
             + self.seconds_per_update * num_updates
             + self.seconds_per_mb * num_updates * update_bytes / 1e6
+            + self.step_seconds
         )
+
+
+class ServerStep(Protocol):
+    """An optional server-side step on every new aggregate before it is published (e.g.
+    fine-tuning on a server dataset): ``(aggregate, version it becomes) -> model``. Its
+    virtual duration is ``ServerCost.step_seconds``; the engine provides it."""
+
+    def __call__(self, model: np.ndarray, version: int) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -150,6 +165,9 @@ class Algorithm(ABC, Generic[StateT]):
     name: ClassVar[str]
     Params: ClassVar[type]
     description: ClassVar[str] = ""  # one line for --list
+    # Whether the algorithm models the server's own time (ServerCost) and runs the
+    # server step; the engine refuses a server cost for the others instead of ignoring it.
+    models_server_time: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -157,11 +175,17 @@ class Algorithm(ABC, Generic[StateT]):
         training: LocalTraining,
         client_sizes: np.ndarray,
         server_cost: ServerCost | None = None,
+        server_step: ServerStep | None = None,
     ) -> None:
         self.params = params
         self.training = training
         self.client_sizes = np.asarray(client_sizes, dtype=np.int64)
         self.server_cost = server_cost or ServerCost()
+        self.server_step = server_step
+
+    def refine(self, model: np.ndarray, version: int) -> np.ndarray:
+        """``model`` after the server step, if one is configured (see ServerStep)."""
+        return model if self.server_step is None else self.server_step(model, version)
 
     @property
     def num_clients(self) -> int:

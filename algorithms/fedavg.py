@@ -83,6 +83,7 @@ class FedAvg(Algorithm[FedAvgState]):
     )
     name: ClassVar[str] = "fedavg"
     Params: ClassVar[type] = FedAvgParams
+    models_server_time: ClassVar[bool] = True
     params: FedAvgParams
 
     def init(self, model: np.ndarray) -> FedAvgState:
@@ -170,7 +171,7 @@ class FedAvg(Algorithm[FedAvgState]):
         model, opt = p.server_update(state.model, direction, state.opt, p.server_lr)
         return replace(
             state,
-            model=model,
+            model=self.refine(model, state.version + 1),
             opt=opt,
             version=state.version + 1,
             received=(),

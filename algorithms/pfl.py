@@ -81,6 +81,7 @@ class PFLState:
 class _PipelinedFL(Algorithm[PFLState]):
     """What PFL and VPFL share: slots, forks from the existing model, the busy server."""
 
+    models_server_time: ClassVar[bool] = True
     params: VPFLParams
 
     def init(self, model: np.ndarray) -> PFLState:
@@ -163,7 +164,7 @@ class _PipelinedFL(Algorithm[PFLState]):
             slots=slots,
             dirty=False,
             busy_until=now + seconds,
-            next_model=weighted_average(models, weights),
+            next_model=self.refine(weighted_average(models, weights), state.version + 1),
             server_busy=state.server_busy + seconds,
         )
 

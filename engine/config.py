@@ -52,14 +52,30 @@ class ServerConfig:
     seconds_per_aggregation: float = 0.0
     seconds_per_update: float = 0.0
     seconds_per_mb: float = 0.0
+    # Optional server step after each aggregation: `steps` SGD steps on a server dataset of
+    # `data_samples` training examples held out from the clients (engine/server_step.py).
+    steps: int = 0
+    data_samples: int = 500
+    lr: float = 0.05
+    batch_size: int = 32  # 0 means full batch
+    seconds_per_step: float = 0.0  # the step's virtual time: steps * seconds_per_step
 
     def __post_init__(self) -> None:
         _check(self.num_cpus >= 0, f"num_cpus must be >= 0 (got {self.num_cpus})")
+        _check(self.steps >= 0, f"steps must be >= 0 (got {self.steps})")
+        _check(self.data_samples >= 1, f"data_samples must be >= 1 (got {self.data_samples})")
+        _check(self.lr > 0, f"lr must be > 0 (got {self.lr})")
+        _check(self.batch_size >= 0, f"batch_size must be >= 0 (got {self.batch_size})")
         self.cost  # noqa: B018 -- validates the cost fields
 
     @property
     def cost(self) -> ServerCost:
-        return ServerCost(self.seconds_per_aggregation, self.seconds_per_update, self.seconds_per_mb)
+        return ServerCost(
+            self.seconds_per_aggregation,
+            self.seconds_per_update,
+            self.seconds_per_mb,
+            self.steps * self.seconds_per_step,
+        )
 
 
 @dataclass(frozen=True)
@@ -305,6 +321,14 @@ def _cross_checks(cfg: Config) -> None:
         k = getattr(params, key, None)
         if k is not None and k > n:
             raise ConfigError(f"algorithm.{key} ({k}) exceeds clients.num ({n}); lower it or add clients")
+    algorithm = ALGORITHMS[cfg.algorithm.name]
+    uses_server = cfg.server.steps > 0 or not cfg.server.cost.is_zero
+    if uses_server and not algorithm.models_server_time:
+        which = ", ".join(n for n, a in ALGORITHMS.items() if a.models_server_time)
+        raise ConfigError(
+            f"algorithm {cfg.algorithm.name!r} does not model the server's time or server step; "
+            f"leave server.steps and server.seconds_per_* at 0, or use one of {which}"
+        )
     workload = WORKLOADS[cfg.workload.name]
     if cfg.partition.name == "natural" and workload.default_partition != "natural":
         raise ConfigError(

@@ -31,6 +31,7 @@ from engine.jobs import InFlight, JobTable, VersionStore
 from engine.pool import ExecutorPool
 from engine.results import RunRecorder
 from engine.rng import stream
+from engine.server_step import server_step
 from workloads import WORKLOADS
 from workloads.partition import partition
 
@@ -59,7 +60,7 @@ class Server:
         self.wall_start = time.time()
         self.progress_info["phase"] = "loading data"
         workload = WORKLOADS[cfg.workload.name](cfg.workload.params)
-        dataset = workload.load(cfg.clients.num, cfg.seed)
+        dataset, step = server_step(cfg.server, workload, workload.load(cfg.clients.num, cfg.seed), cfg.seed)
         shards = ShardIndex.of(
             partition(
                 cfg.partition,
@@ -72,7 +73,7 @@ class Server:
         )
         self.sizes = shards.sizes
         self.algorithm = ALGORITHMS[cfg.algorithm.name](
-            cfg.algorithm.params, cfg.training, self.sizes, cfg.server.cost
+            cfg.algorithm.params, cfg.training, self.sizes, cfg.server.cost, step
         )
         self.delays = DelayModel(cfg.clients, cfg.seed)
         spec = ExecutorSpec(

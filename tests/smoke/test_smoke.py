@@ -23,6 +23,8 @@ SIZE: dict[str, tuple[str, ...]] = {
     "fedcompass": ("algorithm.q_max=10", "algorithm.q_min=2"),
     "fedfix": ("algorithm.delta_t=0.2",),
     "fedat": ("algorithm.num_tiers=2", "algorithm.clients_per_tier_round=3"),
+    # PFL with the optional server step (SGD on held-out server data) end to end.
+    "pfl": ("server.steps=2", "server.data_samples=100", "server.seconds_per_step=0.01"),
 }
 
 

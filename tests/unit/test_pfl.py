@@ -221,3 +221,16 @@ def test_params_defaults_and_names() -> None:
     assert PFLParams() == PFLParams(weighting="uniform", max_lost=1)
     assert VPFLParams() == VPFLParams(weighting="uniform")
     assert (PFL.name, VPFL.name) == ("pfl", "vpfl")
+
+
+def test_server_step_refines_the_aggregate_and_its_time_is_hidden() -> None:
+    """The server step runs on every aggregate before it is published (here: + version),
+    and its time adds to the aggregation time; nodes keep forking meanwhile."""
+    cost = ServerCost(seconds_per_aggregation=0.2, step_seconds=0.3)
+    alg = PFL(PFLParams(max_lost=3), TRAINING, np.ones(2, dtype=np.int64), cost, lambda m, v: m + 10 * v)
+    sim = Sim(alg, f32(0))
+    assert sim.at(1.0, {0: (2,)}) == {0: 0}  # node 0 forks version 0 at once
+    assert alg.next_timer(sim.s) == 1.5  # 0.2 aggregation + 0.3 server step
+    sim.at(1.5)
+    np.testing.assert_array_equal(sim.s.model, f32(11))  # mean(2, 0) + 10 * version 1
+    assert alg.stats(sim.s)["server_busy"] == 0.5
