@@ -10,6 +10,7 @@ import torch
 from algorithms.base import Task
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+AugmentFn = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,7 @@ class ClientData:
     x: torch.Tensor
     y: torch.Tensor
     loss_fn: LossFn
+    augment: AugmentFn | None = None  # per-minibatch augmentation, drawing from the job's generator
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
@@ -55,7 +57,8 @@ def local_sgd(model: torch.nn.Module, data: ClientData, task: Task, generator: t
     total = torch.zeros((), device=data.x.device)
     for idx in batch_indices(len(data), task.steps, task.batch_size, generator):
         opt.zero_grad(set_to_none=True)
-        loss = data.loss_fn(model(data.x[idx]), data.y[idx])
+        x = data.x[idx] if data.augment is None else data.augment(data.x[idx], generator)
+        loss = data.loss_fn(model(x), data.y[idx])
         loss.backward()
         if task.prox_mu > 0:
             with torch.no_grad():

@@ -42,6 +42,14 @@ class EventQueue(Generic[T]):
         self._seq += 1
         return self._seq - 1
 
+    @property
+    def seq(self) -> int:
+        """The next sequence number (what a checkpoint saves)."""
+        return self._seq
+
+    def restore_seq(self, seq: int) -> None:
+        self._seq = seq
+
     def push(self, time: float, priority: Priority, payload: T, seq: int | None = None) -> Event[T]:
         ev = Event(float(time), int(priority), self.next_seq() if seq is None else seq, payload)
         heapq.heappush(self._heap, ev)

@@ -22,7 +22,7 @@ import yaml
 from algorithms import ALGORITHMS
 from algorithms.base import LocalTraining, ServerCost
 from engine.delays import ClientsConfig, DelayModel
-from workloads import WORKLOADS
+from workloads import WORKLOADS, DataError
 from workloads.partition import PARTITIONS, PartitionConfig
 
 
@@ -119,6 +119,16 @@ class StopConfig:
 
 
 @dataclass(frozen=True)
+class CheckpointConfig:
+    # Snapshot the server every this many versions (0 = never), at an evaluated version:
+    # a multiple of eval.every. Consumers (Tune) get it with that evaluation's row.
+    every: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.every >= 0, f"every must be >= 0 (got {self.every})")
+
+
+@dataclass(frozen=True)
 class RayConfig:
     address: str = ""  # "": start a local Ray; "auto": attach to a running cluster; or host:port
     num_cpus: int = 0  # local Ray only: CPUs to use (0 = all)
@@ -149,6 +159,7 @@ class Config:
     clock: ClockConfig = field(default_factory=ClockConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     stop: StopConfig = field(default_factory=StopConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
 
@@ -329,12 +340,24 @@ def _cross_checks(cfg: Config) -> None:
             f"algorithm {cfg.algorithm.name!r} does not model the server's time or server step; "
             f"leave server.steps and server.seconds_per_* at 0, or use one of {which}"
         )
+    every = cfg.checkpoint.every
+    if every and every % cfg.eval.every:
+        raise ConfigError(
+            f"checkpoint.every ({every}) must be a multiple of eval.every ({cfg.eval.every}): "
+            "a checkpoint goes with an evaluation"
+        )
+    if every and cfg.clock.mode == "wall":
+        raise ConfigError("checkpoint.every needs clock.mode=virtual: a wall-clock run cannot be replayed")
     workload = WORKLOADS[cfg.workload.name]
     if cfg.partition.name == "natural" and workload.default_partition != "natural":
         raise ConfigError(
             f"partition.name 'natural' needs a naturally partitioned workload; {cfg.workload.name!r} "
             f"is not: choose one of {', '.join(p for p in PARTITIONS if p != 'natural')}"
         )
+    try:  # missing data files fail here, in one line, not inside a Ray actor
+        workload(cfg.workload.params).check()
+    except DataError as e:
+        raise ConfigError(str(e)) from None
     if cfg.out_dir and Path(cfg.out_dir).exists() and any(Path(cfg.out_dir).iterdir()):
         raise ConfigError(f"out_dir {cfg.out_dir!r} exists and is not empty; choose a new out_dir")
     try:  # reads trace files now, so a bad one fails before Ray starts

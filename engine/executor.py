@@ -14,7 +14,7 @@ import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import ray
@@ -23,6 +23,9 @@ from algorithms import ALGORITHMS
 from algorithms.base import LocalTraining, Task
 from engine.rng import int_seed
 from workloads import WORKLOADS, Dataset, DatasetMeta, ParamLayout
+
+if TYPE_CHECKING:
+    from engine.config import Config
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,20 @@ class ExecutorSpec:
     num_cpus: float
     num_gpus: float
     eval_batch_size: int
+
+    @staticmethod
+    def of(cfg: Config) -> ExecutorSpec:
+        return ExecutorSpec(
+            cfg.algorithm.name,
+            cfg.algorithm.params,
+            cfg.workload.name,
+            cfg.workload.params,
+            cfg.training,
+            cfg.seed,
+            cfg.executors.num_cpus,
+            cfg.executors.num_gpus,
+            cfg.eval.batch_size,
+        )
 
 
 @dataclass(frozen=True)
@@ -174,11 +191,15 @@ class Executor:
             x=self.workload.to_tensor(self.dataset.x_train[idx]).to(self.device),
             y=torch.from_numpy(np.asarray(self.dataset.y_train[idx], dtype=np.int64)).to(self.device),
             loss_fn=self.workload.loss,
+            augment=self.workload.augment,
         )
         self.layout.load(self.model, start)
         generator = torch.Generator().manual_seed(
             int_seed(self.spec.seed, "train", job.client, job.job_index)
         )
+        # Dropout draws from torch's global generator: key it per job too, so a result does
+        # not depend on the jobs this executor happened to run before.
+        torch.manual_seed(int_seed(self.spec.seed, "train_global", job.client, job.job_index))
         result = self.algorithm.client_update(self.model, data, job.task, job.client_state, generator)
         end = self.layout.flatten(self.model)
         delta = np.subtract(start, end, dtype=np.float32)

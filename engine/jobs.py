@@ -98,6 +98,10 @@ class VersionStore:
         for old in [v for v, e in self._entries.items() if v != version and e[2] == 0]:
             del self._entries[old]
 
+    def add(self, version: int, params: np.ndarray) -> None:
+        """Make an older ``version`` available again (resume: jobs still start from it)."""
+        self._entries.setdefault(version, [params, None, 0])
+
     def params(self, version: int) -> np.ndarray:
         return self._entries[version][0]
 

@@ -20,6 +20,8 @@ from typing import Any
 
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+from ray.util.placement_group import PlacementGroup
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from engine.executor import Executor, ExecutorSpec, JobOutput, JobSpec
 
@@ -27,6 +29,30 @@ log = logging.getLogger("fedray")
 
 EXECUTOR_LOST = (RayActorError, ActorDiedError, ActorUnavailableError)
 LOW_WATER = 2  # an executor with fewer jobs queued than this gets the queued jobs at once
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a run's actors go inside a placement group (a Tune trial's): the server in
+    bundle ``server_bundle``, executor i in bundle ``server_bundle + 1 + i``, each bundle
+    sized for exactly one actor. Pinning by index matters: actors left to pick any bundle
+    of a group with mixed bundle sizes can take each other's and pend forever."""
+
+    group: PlacementGroup
+    executors: int  # executor bundles after the server's
+    server_bundle: int = 1  # bundle 0 is the Tune trial's own process
+
+    def server(self) -> PlacementGroupSchedulingStrategy:
+        return self._at(self.server_bundle)
+
+    def executor(self, index: int) -> PlacementGroupSchedulingStrategy:
+        return self._at(self.server_bundle + 1 + index)
+
+    def _at(self, bundle: int) -> PlacementGroupSchedulingStrategy:
+        # No capture: whatever else these actors start must say where it goes.
+        return PlacementGroupSchedulingStrategy(
+            self.group, placement_group_bundle_index=bundle, placement_group_capture_child_tasks=False
+        )
 
 
 @dataclass
@@ -65,8 +91,10 @@ class ExecutorPool:
         shards_ref: Any,
         max_batch: int,
         on_outputs: Callable[[list[JobOutput]], None],
+        placement: Placement | None = None,
     ) -> None:
         self.run_id = run_id
+        self.placement = placement
         self.spec = spec
         self._args = (dataset_ref, shards_ref)
         self.max_batch = max_batch
@@ -82,11 +110,14 @@ class ExecutorPool:
 
     def _create(self, index: int, generation: int) -> Any:
         name = f"fedray-{self.run_id}-executor-{index}" + (f".r{generation}" if generation else "")
+        # A replacement goes to its predecessor's bundle: the dead actor's share is free again.
+        where = {} if self.placement is None else {"scheduling_strategy": self.placement.executor(index)}
         return Executor.options(  # type: ignore[attr-defined]
             name=name,
             num_cpus=self.spec.num_cpus,
             num_gpus=self.spec.num_gpus,
             max_concurrency=1000,  # wall mode: many jobs may sleep out their padding at once
+            **where,
         ).remote(self.spec, *self._args)
 
     async def start(self) -> None:

@@ -11,7 +11,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 # Ray 2.5x token auth: keep it on and say so explicitly (Ray warns when it is left implicit).
 # Ray reads this when it is imported, so it is set only if nothing imported ray yet (setting
@@ -22,6 +22,9 @@ if "ray" not in sys.modules:
 
 from engine.config import OPEN_SECTIONS, Config, ConfigError, describe_keys, load_config
 from engine.results import default_out_dir, write_results
+
+if TYPE_CHECKING:
+    from engine.pool import Placement  # imports ray: only after RAY_AUTH_MODE is settled
 
 EXAMPLES = """\
 examples:
@@ -129,22 +132,36 @@ def run_experiment(
     on_progress: ProgressHook | None = None,
     on_evaluation: ProgressHook | None = None,
     write: bool = True,
+    placement: Placement | None = None,
+    resume: bytes | None = None,
 ) -> tuple[dict[str, Any], Path | None]:
     """Run ``cfg`` on the connected Ray; write its results; return (result, out_dir).
 
     ``on_progress`` gets the server's progress dict about four times a second;
     ``on_evaluation`` gets every evaluation row exactly once, in version order
     (``version, accuracy, loss, sim_time, wall_time, updates, bytes_up, ...``).
+    ``placement`` pins the server and each executor to its own bundle of a placement
+    group (a Tune trial's); the group reserved them, so the cluster is not checked.
+    ``resume`` continues from a checkpoint (engine/checkpoint.py): with ``checkpoint.every``
+    set, evaluation rows carry one under ``"checkpoint"`` (bytes) every that many versions.
     """
     import ray
     from tqdm import tqdm
 
     from engine.server import Server
 
-    num = resolve_executors(cfg)
+    if resume is not None:
+        from engine import checkpoint
+
+        try:  # fail here, in one line, rather than in the server actor's constructor
+            checkpoint.load(resume, cfg)
+        except ValueError as e:
+            raise ConfigError(f"cannot resume: {e}") from None
+    num = resolve_executors(cfg) if placement is None else placement.executors
     run_id = uuid.uuid4().hex[:8]
     out_dir = default_out_dir(cfg, f"{time.strftime('%Y%m%d-%H%M%S')}-{run_id[:4]}")
-    server = Server.options(num_cpus=cfg.server.num_cpus).remote(cfg, run_id, num)  # type: ignore[attr-defined]
+    where = {} if placement is None else {"scheduling_strategy": placement.server()}
+    server = Server.options(num_cpus=cfg.server.num_cpus, **where).remote(cfg, run_id, num, placement, resume)  # type: ignore[attr-defined]
     bar = tqdm(
         total=cfg.stop.max_versions or None, unit="version", disable=not show_progress, file=sys.stderr
     )

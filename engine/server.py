@@ -23,27 +23,37 @@ import ray
 
 from algorithms import ALGORITHMS
 from algorithms.base import Update
+from engine import checkpoint
 from engine.clock import EventQueue, Priority
 from engine.config import Config
+from engine.data import load_data
 from engine.delays import DelayModel
-from engine.executor import ExecutorSpec, JobOutput, JobSpec, ShardIndex
+from engine.executor import ExecutorSpec, JobOutput, JobSpec
 from engine.jobs import InFlight, JobTable, VersionStore
-from engine.pool import ExecutorPool
+from engine.pool import ExecutorPool, Placement
 from engine.results import RunRecorder
 from engine.rng import stream
-from engine.server_step import server_step
-from workloads import WORKLOADS
-from workloads.partition import partition
 
 STALL_JOBS = 2000  # jobs ending with no new global version before the run is called stalled
 
 
 @ray.remote
 class Server:
-    def __init__(self, cfg: Config, run_id: str, num_executors: int) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        run_id: str,
+        num_executors: int,
+        placement: Placement | None = None,
+        resume: bytes | None = None,
+    ) -> None:
         self.cfg = cfg
+        self.placement = placement  # a Tune trial's placement group: executors go to its bundles
         self.run_id = run_id
         self.num_executors = num_executors
+        self.resume = checkpoint.load(resume, cfg) if resume is not None else None
+        self.checkpoints: dict[int, bytes] = {}  # the latest snapshot not yet handed out
+        self.checkpoint_due = False
         self.progress_info: dict[str, Any] = {"phase": "starting", "run_id": run_id}
 
     async def progress(self) -> dict[str, Any]:
@@ -52,41 +62,23 @@ class Server:
     async def evaluations(self, start: int) -> list[dict[str, Any]]:
         """Evaluation rows from the ``start``-th on, in version order (see RunRecorder)."""
         rec = getattr(self, "rec", None)
-        return rec.settled_evaluations()[start:] if rec is not None else []
+        rows = rec.settled_evaluations()[start:] if rec is not None else []
+        for row in rows:  # the snapshot taken at that version, if any (engine/checkpoint.py)
+            row["checkpoint"] = self.checkpoints.pop(row["version"], None)
+        return rows
 
     # ---- set-up ----------------------------------------------------------------------
     async def run(self) -> dict[str, Any]:
         cfg = self.cfg
         self.wall_start = time.time()
         self.progress_info["phase"] = "loading data"
-        workload = WORKLOADS[cfg.workload.name](cfg.workload.params)
-        dataset, step = server_step(cfg.server, workload, workload.load(cfg.clients.num, cfg.seed), cfg.seed)
-        shards = ShardIndex.of(
-            partition(
-                cfg.partition,
-                dataset.y_train,
-                cfg.clients.num,
-                dataset.num_classes,
-                cfg.seed,
-                natural=dataset.natural_partition,
-            )
-        )
+        dataset, shards, step = load_data(cfg)
         self.sizes = shards.sizes
         self.algorithm = ALGORITHMS[cfg.algorithm.name](
             cfg.algorithm.params, cfg.training, self.sizes, cfg.server.cost, step
         )
         self.delays = DelayModel(cfg.clients, cfg.seed)
-        spec = ExecutorSpec(
-            cfg.algorithm.name,
-            cfg.algorithm.params,
-            cfg.workload.name,
-            cfg.workload.params,
-            cfg.training,
-            cfg.seed,
-            cfg.executors.num_cpus,
-            cfg.executors.num_gpus,
-            cfg.eval.batch_size,
-        )
+        spec = ExecutorSpec.of(cfg)
         wall = cfg.clock.mode == "wall"
         self.pool = ExecutorPool(
             self.run_id,
@@ -96,6 +88,7 @@ class Server:
             ray.put(shards),
             1 if wall else cfg.executors.max_batch,
             self._on_outputs,
+            placement=self.placement,
         )
         self.progress_info["phase"] = "starting executors"
         await self.pool.start()
@@ -121,9 +114,13 @@ class Server:
         self.dispatch_calls = 0
         self.now = 0.0
         self.stop_reason = ""
-        self._new_version(0.0)
+        if self.resume is None:
+            self._new_version(0.0)
+            self._dispatch()
+        else:
+            checkpoint.restore(self, self.resume)
+            self.resume = None
         self.progress_info["phase"] = "running"
-        self._dispatch()
         steps = 0
         while not self._should_stop():
             advanced = await (self._step_wall() if wall else self._step_virtual())
@@ -177,6 +174,9 @@ class Server:
             self.state = self.algorithm.on_timer(self.state, t_next)
             self._maybe_new_version()
         self._end_of_instant()
+        if self.checkpoint_due and not self._should_stop():
+            self.checkpoint_due = False  # at the instant boundary: every event applied, dispatch done
+            self.checkpoints = {self.rec.last_version: checkpoint.snapshot(self)}
         return True
 
     def _end_of_instant(self) -> None:
@@ -361,6 +361,8 @@ class Server:
         self.rec.version(v, now, time.time() - self.wall_start)
         if v % self.cfg.eval.every == 0:
             self._evaluate(v)
+        every = self.cfg.checkpoint.every
+        self.checkpoint_due |= bool(every) and v > 0 and v % every == 0
         self.progress_info.update(self.rec.progress(self.now, len(self.in_flight)))
 
     def _evaluate(self, version: int) -> None:

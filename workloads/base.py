@@ -65,6 +65,20 @@ class Workload(ABC):
 
         return F.cross_entropy(logits, y)
 
+    def check(self) -> None:  # noqa: B027 -- an optional hook, not abstract
+        """Raise ``DataError`` if the data cannot be found. Called while the configuration
+        is validated, before Ray starts, so it must be cheap (look for files, read none).
+        Generated data needs nothing."""
+
+    def augment(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """A training minibatch (the output of ``to_tensor``), randomly augmented.
+
+        Runs on every local step; all randomness must come from ``generator`` (the job's
+        keyed stream) so a run does not depend on which executor ran which job. The
+        default leaves ``x`` as it is and draws nothing.
+        """
+        return x
+
 
 def readonly_tensor(a: np.ndarray) -> torch.Tensor:
     """A tensor view of a possibly read-only array (Ray's zero-copy numpy) without the

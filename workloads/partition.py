@@ -8,7 +8,15 @@
   arXiv 1909.06335; FSL-SAGE's ``noniid_dirichlet``, alpha = 10 there).
 - ``shards``: sort by label, cut into classes_per_client * N shards, classes_per_client
   random shards per client (McMahan et al.'s pathological non-i.i.d.; 1 gives 1-class).
+- ``quantity_skew``: client sizes q ~ Dir(alpha * 1_N) of the data, labels i.i.d. (Li et al.
+  2021, NIID-Bench, arXiv 2102.02079); small alpha gives a few big clients and many small ones.
 - ``natural``: the workload's own per-client split (e.g. Synthetic(alpha, beta)).
+
+Data sharing (Zhao et al. 2018, arXiv 1806.00582) goes on top of any scheme: with
+``shared_fraction`` > 0, a class-balanced set G of that fraction of the training set is set
+aside, the scheme splits the rest, and every client also gets its own random
+``shared_per_client`` portion of G (the paper's alpha; shared samples appear in several
+clients). The paper's other half, warming the global model up on G, is the server's business.
 
 Every scheme is deterministic in ``seed`` and returns sorted int64 index arrays.
 """
@@ -19,25 +27,29 @@ from dataclasses import dataclass
 
 import numpy as np
 
-PARTITIONS = ("iid", "dirichlet_per_class", "dirichlet_per_client", "shards", "natural")
+PARTITIONS = ("iid", "dirichlet_per_class", "dirichlet_per_client", "shards", "quantity_skew", "natural")
 
 # Fixed purpose constant for partition draws (zlib.crc32(b"workload.partition")), so
 # partitioning never reuses the stream that generated the data from the same seed.
 _PURPOSE = 0xCB43A346
 
-# dirichlet_per_class redraws until every client has min_samples; past this many draws
+# dirichlet_per_class and quantity_skew redraw until every client has min_samples; past this many draws
 # the setting is hopeless in practice (alpha far too small for the client count).
 MAX_DIRICHLET_DRAWS = 1000
 
 
 @dataclass(frozen=True)
 class PartitionConfig:
-    """alpha: Dirichlet concentration (small = skewed); classes_per_client: for shards."""
+    """alpha: Dirichlet concentration (small = skewed); classes_per_client: for shards;
+    shared_fraction, shared_per_client: Zhao et al.'s data sharing (|G| / n and the paper's
+    alpha, the portion of G each client gets); 0 turns it off."""
 
     name: str = "iid"
     alpha: float = 0.5
     classes_per_client: int = 2
     min_samples: int = 1
+    shared_fraction: float = 0.0
+    shared_per_client: float = 1.0
 
     def __post_init__(self) -> None:
         if self.name not in PARTITIONS:
@@ -48,6 +60,10 @@ class PartitionConfig:
             raise ValueError(f"classes_per_client must be >= 1 (got {self.classes_per_client})")
         if self.min_samples < 1:
             raise ValueError(f"min_samples must be >= 1 (got {self.min_samples})")
+        if not 0.0 <= self.shared_fraction < 1.0:
+            raise ValueError(f"shared_fraction must be in [0, 1) (got {self.shared_fraction})")
+        if not 0.0 < self.shared_per_client <= 1.0:
+            raise ValueError(f"shared_per_client must be in (0, 1] (got {self.shared_per_client})")
 
 
 def partition(
@@ -69,22 +85,20 @@ def partition(
             "pass the workload's num_classes."
         )
     rng = np.random.default_rng([int(seed), _PURPOSE])
+    # Without sharing no draw comes first, so plain schemes split exactly as they always did.
+    shared = _shared_set(labels, num_classes, cfg.shared_fraction, rng) if cfg.shared_fraction else None
+    private = np.arange(n) if shared is None else np.setdiff1d(np.arange(n), shared)
     if cfg.name == "natural":
         parts = _natural(natural, num_clients)
+        if shared is not None:
+            parts = [p[~np.isin(p, shared)] for p in parts]
     else:
-        if n < num_clients * cfg.min_samples:
+        if len(private) < num_clients * cfg.min_samples:
             raise ValueError(
                 f"partition {cfg.name!r} cannot give {num_clients} clients {cfg.min_samples} "
-                f"sample(s) each from {n} samples; use fewer clients or more samples."
+                f"sample(s) each from {len(private)} samples; use fewer clients or more samples."
             )
-        if cfg.name == "iid":
-            parts = np.array_split(rng.permutation(n), num_clients)
-        elif cfg.name == "dirichlet_per_class":
-            parts = _dirichlet_per_class(labels, num_clients, num_classes, cfg, rng)
-        elif cfg.name == "dirichlet_per_client":
-            parts = _dirichlet_per_client(labels, num_clients, num_classes, cfg.alpha, rng)
-        else:
-            parts = _shards(labels, num_clients, cfg.classes_per_client, rng)
+        parts = [private[p] for p in _scheme(cfg, labels[private], num_clients, num_classes, rng)]
     parts = [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
     smallest = min(len(p) for p in parts)
     if smallest < cfg.min_samples:
@@ -92,7 +106,48 @@ def partition(
             f"partition {cfg.name!r} left a client with {smallest} sample(s), fewer than "
             f"min_samples={cfg.min_samples}; use fewer clients, more samples or another partition."
         )
+    if shared is not None:
+        m = max(1, round(cfg.shared_per_client * len(shared)))
+        parts = [np.sort(np.concatenate([p, rng.choice(shared, m, replace=False)])) for p in parts]
     return parts
+
+
+def _scheme(
+    cfg: PartitionConfig, labels: np.ndarray, num_clients: int, num_classes: int, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """The (non-natural) scheme's split of positions 0..len(labels)-1."""
+    if cfg.name == "iid":
+        return np.array_split(rng.permutation(len(labels)), num_clients)
+    if cfg.name == "dirichlet_per_class":
+        return _dirichlet_per_class(labels, num_clients, num_classes, cfg, rng)
+    if cfg.name == "dirichlet_per_client":
+        return _dirichlet_per_client(labels, num_clients, num_classes, cfg.alpha, rng)
+    if cfg.name == "quantity_skew":
+        return _quantity_skew(len(labels), num_clients, cfg, rng)
+    return _shards(labels, num_clients, cfg.classes_per_client, rng)
+
+
+def _shared_set(
+    labels: np.ndarray, num_classes: int, fraction: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Zhao et al.'s G: ``round(fraction * n)`` samples, as class-balanced as the data allows.
+
+    Classes in ascending size each take an equal share of what is still wanted, or all they
+    have; the larger classes then make up for the small ones (water-filling).
+    """
+    size = round(fraction * len(labels))
+    if size < 1:
+        raise ValueError(
+            f"shared_fraction={fraction} of {len(labels)} samples is no sample; raise it or set it to 0"
+        )
+    pools = _class_pools(labels, num_classes, rng)
+    counts = np.array([len(p) for p in pools])
+    take = np.zeros(num_classes, dtype=np.int64)
+    wanted = size
+    for i, c in enumerate(np.argsort(counts, kind="stable")):
+        take[c] = min(counts[c], wanted // (num_classes - i))
+        wanted -= take[c]
+    return np.sort(np.concatenate([pools[c][: take[c]] for c in range(num_classes)]))
 
 
 def _natural(natural: list[np.ndarray] | None, num_clients: int) -> list[np.ndarray]:
@@ -140,6 +195,22 @@ def _dirichlet_per_class(
         f"dirichlet_per_class with alpha={cfg.alpha} left some of {num_clients} clients with "
         f"fewer than {cfg.min_samples} sample(s) in {MAX_DIRICHLET_DRAWS} draws; use a larger "
         "alpha or fewer clients."
+    )
+
+
+def _quantity_skew(
+    n: int, num_clients: int, cfg: PartitionConfig, rng: np.random.Generator
+) -> list[np.ndarray]:
+    order = rng.permutation(n)  # labels i.i.d.: every client is a random subset
+    for _ in range(MAX_DIRICHLET_DRAWS):
+        q = rng.dirichlet(np.full(num_clients, cfg.alpha))
+        cuts = (np.cumsum(q)[:-1] * n).astype(np.int64)
+        # Redrawn until every client has min_samples, as in dirichlet_per_class.
+        if np.diff(np.concatenate([[0], cuts, [n]])).min() >= cfg.min_samples:
+            return np.split(order, cuts)
+    raise ValueError(
+        f"quantity_skew with alpha={cfg.alpha} left some of {num_clients} clients with fewer than "
+        f"{cfg.min_samples} sample(s) in {MAX_DIRICHLET_DRAWS} draws; use a larger alpha or fewer clients."
     )
 
 

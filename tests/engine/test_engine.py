@@ -257,24 +257,38 @@ HETEROGENEITY = {
     "fedfix": ("algorithm.delta_t=0.2",),
     "fedcompass": ("algorithm.q_max=10", "algorithm.q_min=2"),
     "fedat": ("algorithm.num_tiers=2", "algorithm.clients_per_tier_round=3"),
-    "pfl": ("algorithm.max_lost=2", "server.seconds_per_aggregation=0.05"),
+    "pfl": ("algorithm.max_lost=2", "server.seconds_per_aggregation=0.05", "server.steps=2"),
     "vpfl": ("server.seconds_per_aggregation=0.05",),
 }
 
 
-@pytest.mark.parametrize("name", sorted(HETEROGENEITY))
-def test_heterogeneity_algorithms_are_identical_across_executor_counts(name: str) -> None:
+RESUMED = {  # algorithm states with more in them: a buffer, server optimizer moments
+    "fedbuff": ("algorithm.concurrency=6", "algorithm.buffer_size=3"),
+    "fedadam": ("algorithm.clients_per_round=4", "algorithm.server_lr=0.05"),
+}
+
+
+@pytest.mark.parametrize("name", [*RESUMED, *sorted(HETEROGENEITY)])
+def test_identical_across_executor_counts_and_when_resumed_from_a_checkpoint(name: str) -> None:
+    """Two properties with two runs: the second uses another executor count *and*
+    resumes from the first run's checkpoint at version 4, with jobs in flight."""
     spread = (
         "clients.speed.family=pareto",
         "clients.speed.shape=1.5",
         "clients.speed.jitter=0.2",
         "stop.max_versions=8",
         "eval.every=4",
+        "checkpoint.every=4",
         f"algorithm.name={name}",
-        *HETEROGENEITY[name],
+        *{**HETEROGENEITY, **RESUMED}[name],
     )
-    one, _ = run(tiny(*spread, "executors.num=1"))
-    two, _ = run(tiny(*spread, "executors.num=2"))
+    rows: list[dict] = []
+    one, _ = run(tiny(*spread, "executors.num=1"), on_evaluation=rows.append)
+    assert [r["version"] for r in rows] == [0, 4, 8]
+    assert rows[0]["checkpoint"] is None and rows[2]["checkpoint"] is None  # none at 0 or at the end
+    two, _ = run(tiny(*spread, "executors.num=2"), resume=rows[1]["checkpoint"])
+    # It did resume: it computed only the jobs in flight at version 4 and those after.
+    assert 0 < two["summary"]["engine"]["jobs"] < one["summary"]["engine"]["jobs"]
     assert one["summary"]["versions"] == 8
     assert one["events"] == two["events"]
     assert [(m["version"], m["accuracy"], m["loss"]) for m in one["metrics"]] == [

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import pickle
 from pathlib import Path
 
 import pytest
+import yaml
 
 from engine.config import ConfigError, build_config, load_config, to_dict
 from engine.run import main
+from workloads import WORKLOADS
 
 CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*.yaml"))
 
@@ -42,7 +46,11 @@ def test_resolved_config_round_trips() -> None:
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_example_configs_load(path: Path) -> None:
-    load_config(path)
+    # Configs of downloadable data sets validate without the data: download=true defers the
+    # presence check to the run, which would fetch it.
+    name = (yaml.safe_load(path.read_text()).get("workload") or {}).get("name", "synthetic")
+    downloadable = "download" in {f.name for f in dataclasses.fields(WORKLOADS[name].Params)}
+    load_config(path, ["workload.download=true"] if downloadable else [])
 
 
 @pytest.mark.parametrize(
@@ -120,3 +128,24 @@ def test_cli_list_and_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert e.value.code == 0
     helptext = capsys.readouterr().out
     assert "stop.max_versions" in helptext and "executors.num" in helptext and "examples:" in helptext
+
+
+def test_checkpoints_go_with_evaluations_and_need_virtual_time() -> None:
+    with pytest.raises(ConfigError, match=r"multiple of eval\.every"):
+        load_config(None, ["eval.every=4", "checkpoint.every=6"])
+    with pytest.raises(ConfigError, match=r"clock\.mode=virtual"):
+        load_config(None, ["eval.every=2", "checkpoint.every=4", "clock.mode=wall"])
+    assert load_config(None, ["eval.every=2", "checkpoint.every=4"]).checkpoint.every == 4
+
+
+def test_a_foreign_or_mismatched_checkpoint_is_refused() -> None:
+    from engine import checkpoint
+
+    cfg = load_config(None, [])
+    with pytest.raises(ValueError, match="not a fedray checkpoint"):
+        checkpoint.load(b"not a pickle", cfg)
+    ckpt = checkpoint.Checkpoint(
+        checkpoint.FORMAT, "fedavg", "synthetic", 50, None, 0.0, 0, 0, None, {}, (), {}, (), {}, None
+    )
+    with pytest.raises(ValueError, match="resume under the same three"):
+        checkpoint.load(pickle.dumps(ckpt), cfg)

@@ -28,10 +28,17 @@ def mean_max_share(name: str, alpha: float) -> float:
 
 
 def test_names() -> None:
-    assert PARTITIONS == ("iid", "dirichlet_per_class", "dirichlet_per_client", "shards", "natural")
+    assert PARTITIONS == (
+        "iid",
+        "dirichlet_per_class",
+        "dirichlet_per_client",
+        "shards",
+        "quantity_skew",
+        "natural",
+    )
 
 
-@pytest.mark.parametrize("name", ["iid", "dirichlet_per_class", "shards"])
+@pytest.mark.parametrize("name", ["iid", "dirichlet_per_class", "shards", "quantity_skew"])
 def test_exact_cover(name: str) -> None:
     labels = balanced_labels(97)  # 970 samples: nothing divides evenly
     parts = partition(PartitionConfig(name, alpha=0.5), labels, 13, C, seed=4)
@@ -97,13 +104,86 @@ def test_shards_two_classes_per_client() -> None:
     assert max(n_classes) <= 2 and np.mean(n_classes) > 1.5
 
 
-@pytest.mark.parametrize("name", ["iid", "dirichlet_per_class", "dirichlet_per_client", "shards"])
+@pytest.mark.parametrize(
+    "name", ["iid", "dirichlet_per_class", "dirichlet_per_client", "shards", "quantity_skew"]
+)
 def test_deterministic_in_seed(name: str) -> None:
     labels = balanced_labels(60)
     cfg = PartitionConfig(name, alpha=1.0)
     a, b, c = (partition(cfg, labels, 8, C, seed=s) for s in (11, 11, 12))
     assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
     assert not all(np.array_equal(x, y) for x, y in zip(a, c, strict=True))
+
+
+def test_quantity_skew_sizes_follow_the_draw_and_labels_stay_iid() -> None:
+    labels = balanced_labels(500)
+    cfg = PartitionConfig("quantity_skew", alpha=0.5)
+    parts = partition(cfg, labels, 10, C, seed=3)
+    # The sizes are the Dirichlet draw that follows the shuffle in the partition's own stream.
+    rng = np.random.default_rng([3, P._PURPOSE])
+    rng.permutation(len(labels))
+    q = rng.dirichlet(np.full(10, 0.5))
+    expected = np.diff(
+        np.concatenate([[0], (np.cumsum(q)[:-1] * len(labels)).astype(np.int64), [len(labels)]])
+    )
+    sizes = np.array([len(p) for p in parts])
+    assert np.array_equal(sizes, expected)
+    assert sizes.max() > 3 * sizes.min()  # alpha 0.5: very unequal clients
+    # Labels i.i.d.: every client of 200+ samples holds every class near its global 10%.
+    for p in parts:
+        if len(p) >= 200:
+            share = np.bincount(labels[p], minlength=C) / len(p)
+            assert np.abs(share - 0.1).max() < 0.07
+    # A large alpha gives near-equal sizes.
+    even = partition(PartitionConfig("quantity_skew", alpha=1000.0), labels, 10, C, seed=3)
+    assert max(len(p) for p in even) < 1.2 * min(len(p) for p in even)
+
+
+def test_quantity_skew_min_samples_redraws(monkeypatch: pytest.MonkeyPatch) -> None:
+    labels = balanced_labels(50)
+    cfg = PartitionConfig("quantity_skew", alpha=0.3, min_samples=10)
+    assert min(len(p) for p in partition(cfg, labels, 10, C, seed=0)) >= 10
+    monkeypatch.setattr(P, "MAX_DIRICHLET_DRAWS", 1)
+    with pytest.raises(ValueError, match=r"quantity_skew with alpha=0\.3 left some"):
+        partition(cfg, labels, 10, C, seed=0)
+
+
+@pytest.mark.parametrize("name", ["iid", "shards", "dirichlet_per_class", "quantity_skew"])
+def test_data_sharing_adds_exactly_the_shared_samples(name: str) -> None:
+    labels = balanced_labels(100)  # 1000 samples
+    cfg = PartitionConfig(name, classes_per_client=1, shared_fraction=0.05, shared_per_client=0.4)
+    parts = partition(cfg, labels, 10, C, seed=2)
+    plain = partition(PartitionConfig(name, classes_per_client=1), labels, 10, C, seed=2)
+    # G (drawn first in the partition's stream): 5% of the data, 5 samples of every class.
+    g = P._shared_set(labels, C, 0.05, np.random.default_rng([2, P._PURPOSE]))
+    assert len(g) == 50 and np.array_equal(np.bincount(labels[g], minlength=C), np.full(C, 5))
+    # The scheme split the other 950 into disjoint private parts ...
+    private = [np.setdiff1d(p, g) for p in parts]
+    union = np.concatenate(private)
+    assert len(union) == len(np.unique(union)) and np.array_equal(
+        np.sort(union), np.setdiff1d(np.arange(1000), g)
+    )
+    # ... and every client got exactly 40% of G on top.
+    for p in parts:
+        assert len(np.intersect1d(p, g)) == 20 and len(p) == len(np.unique(p))
+    assert len(np.unique(np.concatenate([np.intersect1d(p, g) for p in parts]))) > 20  # not all the same 20
+    # Without sharing the same scheme is a plain exact cover.
+    assert all(np.all(np.diff(p) > 0) for p in plain)
+    assert np.array_equal(np.sort(np.concatenate(plain)), np.arange(len(labels)))
+    if name == "shards":  # 1-class clients stay 1-class in their private data
+        assert all(len(np.unique(labels[q])) == 1 for q in private)
+
+
+def test_data_sharing_on_a_natural_partition_and_unbalanced_classes() -> None:
+    # Class 0 has 2 samples, class 1 has 98: G of 10 takes both of class 0 and 8 of class 1.
+    labels = np.array([0, 0] + [1] * 98, dtype=np.int64)
+    natural = [np.arange(0, 50), np.arange(50, 100)]
+    cfg = PartitionConfig("natural", shared_fraction=0.1, shared_per_client=1.0)
+    parts = partition(cfg, labels, 2, 2, seed=0, natural=natural)
+    both = np.intersect1d(parts[0], parts[1])
+    assert len(both) == 10 and np.array_equal(np.bincount(labels[both], minlength=2), [2, 8])
+    assert len(parts[0]) + len(parts[1]) == 100 + 10  # each private sample once, G twice
+    assert np.isin(np.setdiff1d(parts[0], both), natural[0]).all()
 
 
 def test_natural() -> None:
@@ -161,6 +241,8 @@ def test_labels_out_of_range() -> None:
         ({"alpha": 0.0}, "alpha must be > 0 (got 0.0)"),
         ({"classes_per_client": 0}, "classes_per_client must be >= 1 (got 0)"),
         ({"min_samples": 0}, "min_samples must be >= 1 (got 0)"),
+        ({"shared_fraction": 1.0}, "shared_fraction must be in [0, 1) (got 1.0)"),
+        ({"shared_per_client": 0.0}, "shared_per_client must be in (0, 1] (got 0.0)"),
     ],
 )
 def test_config_validation(kwargs: dict, message: str) -> None:

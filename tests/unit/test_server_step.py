@@ -32,12 +32,18 @@ def test_hold_out_removes_exactly_the_server_examples_and_renumbers_natural_shar
         np.testing.assert_array_equal(clients.x_train[new], data.x_train[np.setdiff1d(old, idx)])
     _, again = hold_out(data, 40, seed=0)
     np.testing.assert_array_equal(again, idx)
-    with pytest.raises(ValueError, match="server.data_samples"):
+    with pytest.raises(ValueError, match=r"server\.data_samples"):
         hold_out(data, n, seed=0)
 
 
 def test_one_full_batch_server_step_is_gradient_descent_on_the_server_data() -> None:
-    cfg = tiny("algorithm.name=pfl", "server.steps=1", "server.batch_size=0", "server.lr=0.3", "server.data_samples=50")
+    cfg = tiny(
+        "algorithm.name=pfl",
+        "server.steps=1",
+        "server.batch_size=0",
+        "server.lr=0.3",
+        "server.data_samples=50",
+    )
     workload, data = _synthetic()
     clients, step = server_step(cfg.server, workload, data, seed=0)
     assert step is not None and len(clients.y_train) == len(data.y_train) - 50
