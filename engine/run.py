@@ -125,6 +125,18 @@ def resolve_executors(cfg: Config) -> int:
 ProgressHook = Callable[[dict[str, Any]], None]
 
 
+def _near_driver(cfg: Config) -> Any:
+    """The server on the driver's node (on a cluster, the head): worker nodes may come and
+    go (autoscaling, spot) and a run survives losing executors, not its server. A server
+    that asks for no CPU always fits there (Ray's soft affinity still moved it away);
+    one that asks for CPUs may go elsewhere if that node has none free."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    node = ray.get_runtime_context().get_node_id()
+    return NodeAffinitySchedulingStrategy(node, soft=cfg.server.num_cpus > 0)
+
+
 def run_experiment(
     cfg: Config,
     *,
@@ -160,7 +172,7 @@ def run_experiment(
     num = resolve_executors(cfg) if placement is None else placement.executors
     run_id = uuid.uuid4().hex[:8]
     out_dir = default_out_dir(cfg, f"{time.strftime('%Y%m%d-%H%M%S')}-{run_id[:4]}")
-    where = {} if placement is None else {"scheduling_strategy": placement.server()}
+    where = {"scheduling_strategy": placement.server() if placement else _near_driver(cfg)}
     server = Server.options(num_cpus=cfg.server.num_cpus, **where).remote(cfg, run_id, num, placement, resume)  # type: ignore[attr-defined]
     bar = tqdm(
         total=cfg.stop.max_versions or None, unit="version", disable=not show_progress, file=sys.stderr

@@ -52,8 +52,8 @@ class Server:
         self.run_id = run_id
         self.num_executors = num_executors
         self.resume = checkpoint.load(resume, cfg) if resume is not None else None
-        self.checkpoints: dict[int, bytes] = {}  # the latest snapshot not yet handed out
-        self.checkpoint_due = False
+        self.checkpoints: dict[int, bytes] = {}  # snapshots not yet handed out, by version
+        self.checkpoint_due: int | None = None  # the version whose snapshot is due
         self.progress_info: dict[str, Any] = {"phase": "starting", "run_id": run_id}
 
     async def progress(self) -> dict[str, Any]:
@@ -174,9 +174,13 @@ class Server:
             self.state = self.algorithm.on_timer(self.state, t_next)
             self._maybe_new_version()
         self._end_of_instant()
-        if self.checkpoint_due and not self._should_stop():
-            self.checkpoint_due = False  # at the instant boundary: every event applied, dispatch done
-            self.checkpoints = {self.rec.last_version: checkpoint.snapshot(self)}
+        if self.checkpoint_due is not None and not self._should_stop():
+            # At the instant boundary (every event applied, dispatch done); keyed by the due
+            # version even if the instant made more. A slow reader may lag a few behind.
+            self.checkpoints[self.checkpoint_due] = checkpoint.snapshot(self)
+            self.checkpoint_due = None
+            while len(self.checkpoints) > 4:
+                del self.checkpoints[min(self.checkpoints)]
         return True
 
     def _end_of_instant(self) -> None:
@@ -362,7 +366,8 @@ class Server:
         if v % self.cfg.eval.every == 0:
             self._evaluate(v)
         every = self.cfg.checkpoint.every
-        self.checkpoint_due |= bool(every) and v > 0 and v % every == 0
+        if every and v > 0 and v % every == 0:
+            self.checkpoint_due = v
         self.progress_info.update(self.rec.progress(self.now, len(self.in_flight)))
 
     def _evaluate(self, version: int) -> None:
