@@ -199,14 +199,15 @@ space:
     assert (out / "sweep.png").stat().st_size > 5000
 
     # Each trial's server and executor ran in a trial's placement group, each pinned to
-    # its own bundle: the Tune process 0, the server 1, the executor 2.
+    # its own bundle: the server 1, the executor 2 (bundle 0 is the Tune trial process;
+    # Tune reuses it and its group for the next trial, so two trials may share a group).
     new = [a for a in actors() if a["id"] not in before]
-    groups = {a["group"] for a in new if a["cls"] == "ImplicitFunc" and a["bundle"] == 0}
     placed = [(a["cls"], a["group"], a["bundle"]) for a in new if a["cls"] in ("Server", "Executor")]
     # Two trials; an executor killed with a stopped trial's group may have had a replacement.
-    assert groups and all(int(g, 16) for g in groups) and [c for c, _, _ in placed].count("Server") == 2
+    servers = [g for c, g, _ in placed if c == "Server"]
+    assert len(servers) == 2
     assert {(c, b) for c, _, b in placed} == {("Server", 1), ("Executor", 2)}
-    assert {g for _, g, _ in placed} <= groups
+    assert {g for _, g, _ in placed} == set(servers)  # executors sit in the trials' groups
 
 
 @pytest.mark.usefixtures("ray_local")
