@@ -82,6 +82,32 @@ def snapshot(server: Server) -> bytes:
     return pickle.dumps(ckpt, protocol=pickle.HIGHEST_PROTOCOL)
 
 
+class Snapshots:
+    """The server's snapshots: one is due at every ``every``-th version (0 = never) and is
+    taken at the end of that instant (every event applied, dispatch done), keyed by the due
+    version even if the instant made more. The latest few wait for a reader that lags."""
+
+    KEEP = 4
+
+    def __init__(self, every: int) -> None:
+        self.every = every
+        self.due: int | None = None
+        self.taken: dict[int, bytes] = {}
+
+    def on_version(self, version: int) -> None:
+        if self.every and version > 0 and version % self.every == 0:
+            self.due = version
+
+    def take_if_due(self, server: Server) -> None:
+        if self.due is not None:
+            self.taken[self.due] = snapshot(server)
+            self.due = None
+            self.taken = dict(sorted(self.taken.items())[-self.KEEP :])
+
+    def pop(self, version: int) -> bytes | None:
+        return self.taken.pop(version, None)
+
+
 def load(data: bytes, cfg: Any) -> Checkpoint:
     """Unpickle ``data`` and check it can continue under ``cfg``; ValueError says why not."""
     try:

@@ -52,8 +52,7 @@ class Server:
         self.run_id = run_id
         self.num_executors = num_executors
         self.resume = checkpoint.load(resume, cfg) if resume is not None else None
-        self.checkpoints: dict[int, bytes] = {}  # snapshots not yet handed out, by version
-        self.checkpoint_due: int | None = None  # the version whose snapshot is due
+        self.snapshots = checkpoint.Snapshots(cfg.checkpoint.every)
         self.progress_info: dict[str, Any] = {"phase": "starting", "run_id": run_id}
 
     async def progress(self) -> dict[str, Any]:
@@ -64,7 +63,7 @@ class Server:
         rec = getattr(self, "rec", None)
         rows = rec.settled_evaluations()[start:] if rec is not None else []
         for row in rows:  # the snapshot taken at that version, if any (engine/checkpoint.py)
-            row["checkpoint"] = self.checkpoints.pop(row["version"], None)
+            row["checkpoint"] = self.snapshots.pop(row["version"])
         return rows
 
     # ---- set-up ----------------------------------------------------------------------
@@ -174,13 +173,8 @@ class Server:
             self.state = self.algorithm.on_timer(self.state, t_next)
             self._maybe_new_version()
         self._end_of_instant()
-        if self.checkpoint_due is not None and not self._should_stop():
-            # At the instant boundary (every event applied, dispatch done); keyed by the due
-            # version even if the instant made more. A slow reader may lag a few behind.
-            self.checkpoints[self.checkpoint_due] = checkpoint.snapshot(self)
-            self.checkpoint_due = None
-            while len(self.checkpoints) > 4:
-                del self.checkpoints[min(self.checkpoints)]
+        if not self._should_stop():
+            self.snapshots.take_if_due(self)  # at the instant boundary: every event applied
         return True
 
     def _end_of_instant(self) -> None:
@@ -365,9 +359,7 @@ class Server:
         self.rec.version(v, now, time.time() - self.wall_start)
         if v % self.cfg.eval.every == 0:
             self._evaluate(v)
-        every = self.cfg.checkpoint.every
-        if every and v > 0 and v % every == 0:
-            self.checkpoint_due = v
+        self.snapshots.on_version(v)
         self.progress_info.update(self.rec.progress(self.now, len(self.in_flight)))
 
     def _evaluate(self, version: int) -> None:
