@@ -33,20 +33,42 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class LocalTraining:
-    """How clients train locally (config section ``client``)."""
+    """How clients train locally (config section ``training``).
+
+    ``batch_sizes`` gives clients different batch sizes (devices with more or less
+    memory): client ``i`` uses ``batch_sizes[i % len(batch_sizes)]``, so each size serves
+    an equal share of clients. Client ids carry no other meaning (speeds and shards are
+    drawn independently of them), so this split is as good as a random one and needs no
+    stream. Empty: every client uses ``batch_size``. A client's compute time follows its
+    own batch, since virtual time is charged per example (``Task.samples``).
+    """
 
     local_steps: int = 10
     epochs: float = 0.0  # > 0 overrides local_steps: ceil(epochs * shard / batch) steps
     batch_size: int = 32  # 0 means full batch
+    batch_sizes: tuple[int, ...] = ()  # per-client batch sizes, round-robin by client id
     lr: float = 0.05
     momentum: float = 0.0
     weight_decay: float = 0.0
 
-    def steps_for(self, num_samples: int) -> int:
-        """Local steps a client with ``num_samples`` examples runs for one job."""
+    def __post_init__(self) -> None:
+        if self.batch_size < 0:
+            raise ValueError(f"batch_size must be >= 0, 0 meaning full batch (got {self.batch_size})")
+        if any(b < 0 for b in self.batch_sizes):
+            sizes = list(self.batch_sizes)
+            raise ValueError(f"batch_sizes must all be >= 0, 0 meaning full batch (got {sizes})")
+
+    def batch_size_of(self, client: int) -> int:
+        """Client ``client``'s batch size (0 means full batch)."""
+        return self.batch_sizes[client % len(self.batch_sizes)] if self.batch_sizes else self.batch_size
+
+    def steps_for(self, num_samples: int, batch_size: int | None = None) -> int:
+        """Local steps a client with ``num_samples`` examples runs for one job, at
+        ``batch_size`` (default: ``self.batch_size``)."""
         if self.epochs <= 0:
             return self.local_steps
-        batch = num_samples if self.batch_size == 0 else min(self.batch_size, num_samples)
+        b = self.batch_size if batch_size is None else batch_size
+        batch = num_samples if b == 0 else min(b, num_samples)
         return max(1, math.ceil(self.epochs * num_samples / max(1, batch)))
 
 
@@ -194,9 +216,10 @@ class Algorithm(ABC, Generic[StateT]):
     def task_for(self, client: int) -> Task:
         """The default task: the configured local training on this client's shard."""
         t = self.training
+        batch = t.batch_size_of(client)
         return Task(
-            steps=t.steps_for(int(self.client_sizes[client])),
-            batch_size=t.batch_size,
+            steps=t.steps_for(int(self.client_sizes[client]), batch),
+            batch_size=batch,
             lr=t.lr,
             momentum=t.momentum,
             weight_decay=t.weight_decay,

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from engine.jobs import InFlight
     from engine.server import Server
 
-FORMAT = 1
+FORMAT = 2  # 2: evaluations hold a dict of metrics (local test splits)
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from algorithms.base import ServerStep
+from engine.evaluation import split_local_test
 from engine.executor import ShardIndex
+from engine.rng import stream
 from engine.server_step import server_step
 from workloads import WORKLOADS, Dataset
 from workloads.partition import partition
@@ -15,8 +17,9 @@ if TYPE_CHECKING:
     from engine.config import Config
 
 
-def load_data(cfg: Config) -> tuple[Dataset, ShardIndex, ServerStep | None]:
-    """(the clients' dataset, their shards, the server step or None); deterministic in the seed."""
+def load_data(cfg: Config) -> tuple[Dataset, ShardIndex, ShardIndex | None, ServerStep | None]:
+    """(the clients' dataset, their training shards, their local test splits or None, the
+    server step or None); deterministic in the seed."""
     workload = WORKLOADS[cfg.workload.name](cfg.workload.params)
     dataset, step = server_step(cfg.server, workload, workload.load(cfg.clients.num, cfg.seed), cfg.seed)
     shards = partition(
@@ -27,4 +30,10 @@ def load_data(cfg: Config) -> tuple[Dataset, ShardIndex, ServerStep | None]:
         cfg.seed,
         natural=dataset.natural_partition,
     )
-    return dataset, ShardIndex.of(shards), step
+    local_test = None
+    if cfg.eval.local_test_fraction > 0:
+        shards, held = split_local_test(
+            shards, cfg.eval.local_test_fraction, lambda c: stream(cfg.seed, "local_test", c)
+        )
+        local_test = ShardIndex.of(held)
+    return dataset, ShardIndex.of(shards), local_test, step

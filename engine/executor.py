@@ -106,7 +106,9 @@ class JobOutput:
 
 @ray.remote
 class Executor:
-    def __init__(self, spec: ExecutorSpec, dataset: Dataset, shards: ShardIndex) -> None:
+    def __init__(
+        self, spec: ExecutorSpec, dataset: Dataset, shards: ShardIndex, local_test: ShardIndex | None = None
+    ) -> None:
         import torch
 
         torch.set_num_threads(max(1, int(spec.num_cpus)))
@@ -124,7 +126,9 @@ class Executor:
         torch.manual_seed(int_seed(spec.seed, "init"))
         self.model = self.workload.model(self.meta).to(self.device)
         self.layout = ParamLayout.of(self.model)
-        self._test: tuple[Any, Any] | None = None
+        self.local_test = local_test
+        self._test: dict[str, tuple[Any, Any]] = {}  # evaluation sets as tensors, made on first use
+        self._train_x = self._cache_on_device()
         self._queue: list[
             tuple[float, int, JobSpec, np.ndarray, asyncio.Future[tuple[JobSpec, JobOutput]]]
         ] = []
@@ -182,13 +186,32 @@ class Executor:
                 fut.set_exception(e)
             await asyncio.sleep(0)  # let calls that arrived meanwhile queue their jobs
 
+    def _cache_on_device(self) -> Any:
+        """The training features as one tensor on the GPU, if they fit in half of this
+        executor's memory share: a job then slices its shard on the device instead of
+        copying it from host memory. On the CPU the uint8 arrays stay as they are (as
+        floats they would take 4x the memory, in every executor)."""
+        torch = self.torch
+        if self.device.type != "cuda":
+            return None
+        x = self.dataset.x_train
+        share = torch.cuda.get_device_properties(self.device).total_memory * min(1.0, self.spec.num_gpus)
+        if 4 * x.size > share / 2:  # float32 features
+            return None
+        return self.workload.to_tensor(x).to(self.device)
+
+    def _client_x(self, idx: np.ndarray) -> Any:
+        if self._train_x is not None:
+            return self._train_x[self.torch.from_numpy(idx).to(self.device)]
+        return self.workload.to_tensor(self.dataset.x_train[idx]).to(self.device)
+
     def _run_one(self, job: JobSpec, start: np.ndarray) -> JobOutput:
         from algorithms.client import ClientData
 
         torch = self.torch
         idx = self.shards.shard(job.client)
         data = ClientData(
-            x=self.workload.to_tensor(self.dataset.x_train[idx]).to(self.device),
+            x=self._client_x(idx),
             y=torch.from_numpy(np.asarray(self.dataset.y_train[idx], dtype=np.int64)).to(self.device),
             loss_fn=self.workload.loss,
             augment=self.workload.augment,
@@ -205,21 +228,38 @@ class Executor:
         delta = np.subtract(start, end, dtype=np.float32)
         return JobOutput(job.uid, delta, len(idx), int(delta.nbytes), result.client_state, result.metrics)
 
-    async def evaluate(self, params: np.ndarray) -> tuple[float, float]:
-        """(accuracy, mean loss) of ``params`` on the global test set."""
-        torch = self.torch
-        if self._test is None:
-            x = self.workload.to_tensor(self.dataset.x_test).to(self.device)
-            y = torch.from_numpy(np.asarray(self.dataset.y_test, dtype=np.int64)).to(self.device)
-            self._test = (x, y)
-        x, y = self._test
+    async def evaluate(self, params: np.ndarray) -> dict[str, float]:
+        """Metrics of ``params`` on the global test set (accuracy, loss) and, with local
+        test splits, on each client's (engine/evaluation.py)."""
+        from engine.evaluation import global_metrics, local_metrics
+
         self.layout.load(self.model, params)
         self.model.eval()
-        correct, loss_sum, bs = 0, 0.0, self.spec.eval_batch_size
+        out = global_metrics(*self._scores("global"))
+        if self.local_test is not None:
+            out.update(local_metrics(*self._scores("local"), self.local_test.sizes))
+        return out
+
+    def _scores(self, which: str) -> tuple[np.ndarray, np.ndarray]:
+        """(correct, loss) of every example of one evaluation set, in order."""
+        torch = self.torch
+        if which not in self._test:
+            ds = self.dataset
+            x, y = (ds.x_test, ds.y_test) if which == "global" else self._local_test_arrays()
+            y_t = torch.from_numpy(np.asarray(y, dtype=np.int64)).to(self.device)
+            self._test[which] = (self.workload.to_tensor(x).to(self.device), y_t)
+        x, y = self._test[which]
+        correct, losses, bs = [], [], self.spec.eval_batch_size
         with torch.no_grad():
             for i in range(0, len(y), bs):
                 logits = self.model(x[i : i + bs])
-                loss_sum += float(self.workload.loss(logits, y[i : i + bs])) * len(y[i : i + bs])
-                correct += int((logits.argmax(dim=1) == y[i : i + bs]).sum())
-        n = max(1, len(y))
-        return correct / n, loss_sum / n
+                losses.append(self.workload.losses(logits, y[i : i + bs]).cpu())
+                correct.append((logits.argmax(dim=1) == y[i : i + bs]).cpu())
+        if not correct:
+            return np.zeros(0, dtype=bool), np.zeros(0, dtype=np.float32)
+        return torch.cat(correct).numpy(), torch.cat(losses).numpy()
+
+    def _local_test_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        assert self.local_test is not None
+        idx = self.local_test.indices
+        return self.dataset.x_train[idx], self.dataset.y_train[idx]

@@ -87,8 +87,7 @@ class ExecutorPool:
         run_id: str,
         num: int,
         spec: ExecutorSpec,
-        dataset_ref: Any,
-        shards_ref: Any,
+        data_refs: tuple[Any, ...],
         max_batch: int,
         on_outputs: Callable[[list[JobOutput]], None],
         placement: Placement | None = None,
@@ -96,7 +95,7 @@ class ExecutorPool:
         self.run_id = run_id
         self.placement = placement
         self.spec = spec
-        self._args = (dataset_ref, shards_ref)
+        self._args = data_refs  # (dataset, shards, local test splits or None), one object each
         self.max_batch = max_batch
         self.on_outputs = on_outputs
         self.slots = [_Slot(i, self._create(i, 0)) for i in range(num)]
@@ -220,15 +219,14 @@ class ExecutorPool:
             raise self.error
 
     # ---- evaluation ------------------------------------------------------------------
-    async def evaluate(self, params_ref: Any) -> tuple[float, float]:
+    async def evaluate(self, params_ref: Any) -> dict[str, float]:
         """Evaluate on the least-loaded executor; retried on another if it dies."""
         while True:
             slot = min(self.slots, key=lambda s: (s.outstanding, s.index))
             actor = slot.actor
             slot.outstanding += 1
             try:
-                acc, loss = await actor.evaluate.remote(params_ref)
-                return float(acc), float(loss)
+                return dict(await actor.evaluate.remote(params_ref))
             except EXECUTOR_LOST:
                 self._replace(slot, actor)
             finally:

@@ -23,6 +23,7 @@ import yaml
 
 from engine import __version__
 from engine.config import Config, to_dict
+from engine.evaluation import LOCAL_METRICS
 
 if TYPE_CHECKING:
     from engine.server import InFlight
@@ -58,7 +59,7 @@ class RunRecorder:
         self.delays = delays
         self.events: list[tuple[Any, ...]] = []
         self.versions: dict[int, dict[str, float]] = {}
-        self.evaluated: dict[int, tuple[float, float]] = {}
+        self.evaluated: dict[int, dict[str, float]] = {}  # version -> accuracy, loss, ...
         self.pending_evals: set[int] = set()
         self.bytes_up = 0
         self.bytes_down = 0
@@ -107,8 +108,8 @@ class RunRecorder:
             "events": len(self.events),
         }
 
-    def evaluation(self, v: int, accuracy: float, loss: float) -> None:
-        self.evaluated[v] = (accuracy, loss)
+    def evaluation(self, v: int, scores: dict[str, float]) -> None:
+        self.evaluated[v] = dict(scores)
         self.pending_evals.discard(v)
 
     def settled_evaluations(self) -> list[dict[str, Any]]:
@@ -119,16 +120,14 @@ class RunRecorder:
         for v in sorted(self.evaluated):
             if cut is not None and v > cut:
                 break
-            acc, loss = self.evaluated[v]
-            ver = self.versions[v]
-            rows.append({"version": v, "accuracy": acc, "loss": loss, **ver})
+            rows.append({"version": v, **self.evaluated[v], **self.versions[v]})
         return rows
 
     def target_version(self) -> int | None:
         """The first version reaching the target accuracy, once every earlier evaluation
         is in: evaluations finish in any order, the answer must not depend on it."""
         target = self.cfg.stop.target_accuracy
-        hits = [v for v, (acc, _) in self.evaluated.items() if acc >= target]
+        hits = [v for v, scores in self.evaluated.items() if scores["accuracy"] >= target]
         if not target or not hits:
             return None
         first = min(hits)
@@ -160,11 +159,10 @@ class RunRecorder:
                 "version": v,
                 "sim_time": info["sim_time"],
                 "wall_time": info["wall_time"],
-                "accuracy": self.evaluated[v][0],
-                "loss": self.evaluated[v][1],
                 "updates": int(info["updates"]),
                 "bytes_up": int(info["bytes_up"]),
                 "bytes_down": int(info["bytes_down"]),
+                **self.evaluated[v],
             }
             for v, info in sorted(self.versions.items())
             if v in self.evaluated and v <= last
@@ -185,6 +183,7 @@ class RunRecorder:
             "final_accuracy": metrics[-1]["accuracy"] if metrics else None,
             "final_loss": metrics[-1]["loss"] if metrics else None,
             "best_accuracy": max((m["accuracy"] for m in metrics), default=None),
+            **{f"final_{k}": metrics[-1][k] for k in LOCAL_METRICS if metrics and k in metrics[-1]},
             "sim_time": sim_time,
             "wall_time": wall_seconds,
             "setup_seconds": setup_seconds,
@@ -220,7 +219,8 @@ def write_results(out_dir: str, cfg: Config, result: dict[str, Any]) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        metrics = pd.DataFrame(result["metrics"], columns=METRICS_COLUMNS)
+        local = [k for k in LOCAL_METRICS if result["metrics"] and k in result["metrics"][0]]
+        metrics = pd.DataFrame(result["metrics"], columns=METRICS_COLUMNS + local)
         events = pd.DataFrame(result["events"], columns=EVENTS_COLUMNS)
         metrics.to_csv(tmp / "metrics.csv", index=False)
         events.to_csv(tmp / "events.csv", index=False)

@@ -71,7 +71,7 @@ class Server:
         cfg = self.cfg
         self.wall_start = time.time()
         self.progress_info["phase"] = "loading data"
-        dataset, shards, step = load_data(cfg)
+        dataset, shards, local_test, step = load_data(cfg)
         self.sizes = shards.sizes
         self.algorithm = ALGORITHMS[cfg.algorithm.name](
             cfg.algorithm.params, cfg.training, self.sizes, cfg.server.cost, step
@@ -83,8 +83,7 @@ class Server:
             self.run_id,
             self.num_executors,
             spec,
-            ray.put(dataset),
-            ray.put(shards),
+            (ray.put(dataset), ray.put(shards), ray.put(local_test)),
             1 if wall else cfg.executors.max_batch,
             self._on_outputs,
             placement=self.placement,
@@ -368,11 +367,12 @@ class Server:
         self.rec.pending_evals.add(version)
 
         async def go() -> None:
-            acc, loss = await self.pool.evaluate(ref)
+            scores = await self.pool.evaluate(ref)
+            acc = scores["accuracy"]
             if self.cfg.stop.target_accuracy and acc >= self.cfg.stop.target_accuracy:
                 self.target_models[version] = params  # the run may end here: keep its model
             self.versions.release(version)
-            self.rec.evaluation(version, acc, loss)
+            self.rec.evaluation(version, scores)
             self.progress_info["accuracy"] = acc
 
         task = asyncio.ensure_future(go())

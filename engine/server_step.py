@@ -25,7 +25,7 @@ from engine.rng import int_seed, stream
 from workloads import Dataset, DatasetMeta, ParamLayout, Workload
 
 if TYPE_CHECKING:
-    from engine.config import ServerConfig
+    from engine.sections import ServerConfig
 
 
 class ServerTrainer:

@@ -12,9 +12,19 @@ import pandas as pd
 import yaml
 
 from engine.config import build_config, to_dict
+from engine.evaluation import LOCAL_METRICS
 from engine.sweep_space import Sweep
 
-FIGURES = ("accuracy", "best_accuracy", "loss", "time_to_target", "version", "sim_time", "wall_time")
+FIGURES = (
+    "accuracy",
+    "best_accuracy",
+    "loss",
+    "time_to_target",
+    "version",
+    "sim_time",
+    "wall_time",
+    *LOCAL_METRICS,
+)
 
 
 def trial_rows(sweep: Sweep, grid: Any) -> pd.DataFrame:

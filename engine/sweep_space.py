@@ -3,7 +3,7 @@ search space keyed by dotted config names. Everything is checked here, before Ra
 
   base: configs/fedbuff.yaml          # optional experiment file (paths: from the working directory)
   experiment: {stop.max_versions: 50} # optional engine.run keys over the base (dotted or nested)
-  metric: accuracy                    # accuracy | best_accuracy | loss | time_to_target
+  metric: accuracy                    # accuracy | best_accuracy | loss | time_to_target | local_*
   mode: max                           # default: max for accuracies, min for loss and time
   num_samples: 8                      # samples per grid point (random, optuna, hyperopt)
   search: random                      # random | grid | optuna | hyperopt
@@ -36,7 +36,16 @@ import tune_spaces
 from engine.config import DEFAULT_NAMES, Config, ConfigError, apply_overrides, build_config, load_config
 
 SPACES_DIR = Path(tune_spaces.__file__).resolve().parent
-METRICS = {"accuracy": "max", "best_accuracy": "max", "loss": "min", "time_to_target": "min"}
+METRICS = {
+    "accuracy": "max",
+    "best_accuracy": "max",
+    "loss": "min",
+    "time_to_target": "min",
+    # on the clients' local test splits (eval.local_test_fraction > 0)
+    "local_accuracy": "max",
+    "local_accuracy_p10": "max",
+    "local_loss": "min",
+}
 SEARCHES = ("random", "grid", "optuna", "hyperopt")
 SCHEDULERS = ("fifo", "asha", "pbt")
 KINDS = ("choice", "grid", "uniform", "loguniform", "randint")
@@ -318,6 +327,10 @@ def _check_settings(sweep: Sweep) -> None:
     if s.metric == "time_to_target" and not base.stop.target_accuracy:
         raise ConfigError(
             "metric time_to_target needs a target: set stop.target_accuracy (e.g. stop.target_accuracy=0.8)"
+        )
+    if s.metric.startswith("local_") and not base.eval.local_test_fraction:
+        raise ConfigError(
+            f"metric {s.metric} scores clients' local test splits: set eval.local_test_fraction (e.g. 0.2)"
         )
     if s.search == "grid":
         cont = [d.key for d in sweep.dimensions if not d.finite]

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import Config, ConfigError
+from engine.evaluation import LOCAL_METRICS
 from engine.run import connect_ray  # first: it settles RAY_AUTH_MODE before ray is imported
 from engine.sweep_report import write_sweep
 from engine.sweep_space import Dimension, Sweep, list_spaces, load_sweep, probe_configs
@@ -104,6 +105,7 @@ class Reporter:
             "best_accuracy": self.best,
             "time_to_target": self.time_to_target,
             "run_done": 0,
+            **{k: float(row[k]) for k in LOCAL_METRICS if k in row},
         }
         fresh = row.get("checkpoint")
         if fresh is not None:

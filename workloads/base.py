@@ -60,7 +60,14 @@ class Workload(ABC):
         t = readonly_tensor(np.ascontiguousarray(x))
         return t.float().div_(255.0) if t.dtype == torch.uint8 else t.float()
 
+    def losses(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The loss of every example (evaluation scores clients' examples separately)."""
+        import torch.nn.functional as F
+
+        return F.cross_entropy(logits, y, reduction="none")
+
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The training objective: the mean of ``losses`` over the batch (one fused call)."""
         import torch.nn.functional as F
 
         return F.cross_entropy(logits, y)

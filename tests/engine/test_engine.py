@@ -54,7 +54,7 @@ def test_identical_results_with_one_and_two_executors(tmp_path: Path) -> None:
 def _pooled_gd(cfg: Config, steps: int) -> np.ndarray:
     """Centralised gradient descent on the union of the clients' shards, same init."""
     workload = WORKLOADS[cfg.workload.name](cfg.workload.params)
-    data, shards, _ = load_data(cfg)
+    data, shards, _, _ = load_data(cfg)
     idx = shards.indices
     torch.manual_seed(int_seed(cfg.seed, "init"))
     model = workload.model(DatasetMeta.of(data))
@@ -113,6 +113,42 @@ def test_fedbuff_with_k_equal_concurrency_reproduces_fedavg() -> None:
         e[:3] for e in fedavg["events"]
     ]  # same clients, jobs, versions
     assert fedbuff["summary"]["mean_staleness"] == 0.0
+
+
+def test_local_test_splits_are_scored_and_batch_sizes_differ_by_client(tmp_path: Path) -> None:
+    cfg = tiny(
+        "eval.local_test_fraction=0.25",
+        "training.epochs=1",
+        "training.batch_sizes=[4,16]",
+        "stop.max_versions=4",
+        f"out_dir={tmp_path / 'run'}",
+    )
+    result, path = run(cfg, tmp_path)
+    workload = WORKLOADS[cfg.workload.name](cfg.workload.params)
+    data, shards, local_test, _ = load_data(cfg)
+    assert local_test is not None
+    # Every client trains on 3/4 of its shard and is scored on the rest, disjointly.
+    assert np.array_equal(local_test.sizes, (shards.sizes + local_test.sizes) // 4)
+    assert not set(shards.indices) & set(local_test.indices)
+    # Each job ran one epoch of its shard at its client's batch size (4 or 16, round-robin).
+    events = pd.read_csv(path / "events.csv")
+    batch = np.where(events.client % 2 == 0, 4, 16)
+    assert events.local_steps.tolist() == np.ceil(shards.sizes[events.client] / batch).astype(int).tolist()
+    # The final model scored independently on each client's split: the mean over clients.
+    model = workload.model(DatasetMeta.of(data))
+    ParamLayout.of(model).load(model, result["model"])
+    with torch.no_grad():
+        splits = [local_test.shard(c) for c in range(cfg.clients.num)]
+        hits = [
+            model(workload.to_tensor(data.x_train[i])).argmax(1).numpy() == data.y_train[i] for i in splits
+        ]
+    per_client = [float(np.mean(h)) for h in hits]
+    last = result["metrics"][-1]
+    assert last["local_accuracy"] == pytest.approx(np.mean(per_client), abs=1e-9)
+    assert last["local_accuracy_p10"] == pytest.approx(np.percentile(per_client, 10), abs=1e-9)
+    assert result["summary"]["final_local_accuracy"] == last["local_accuracy"]
+    written = pd.read_csv(path / "metrics.csv")
+    assert {"local_accuracy", "local_accuracy_p10", "local_loss"} <= set(written.columns)
 
 
 def test_killed_executor_loses_no_update(tmp_path: Path) -> None:

@@ -88,6 +88,7 @@ def actors() -> list[dict[str, Any]]:
         ("metrc: accuracy\nspace: {seed: {grid: [0, 1]}}", "unknown sweep setting 'metrc'"),
         ("num_samples: many\nspace: {seed: {grid: [0, 1]}}", "num_samples must be int"),
         ("metric: time_to_target\nspace: {seed: {grid: [0, 1]}}", "needs a target: set stop.target_accuracy"),
+        ("metric: local_accuracy\nspace: {seed: {grid: [0, 1]}}", "set eval.local_test_fraction (e.g. 0.2)"),
         ("search: grid\nspace: {training.lr: {uniform: [0.01, 1]}}", "search grid needs finite dimensions"),
         (
             "scheduler: pbt\nspace: {algorithm.name: {choice: [fedavg, fedbuff]}}",

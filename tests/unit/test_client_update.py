@@ -117,3 +117,29 @@ def test_batch_indices_full_batch_and_determinism() -> None:
     a = batch_indices(9, 5, 2, torch.Generator().manual_seed(7))
     b = batch_indices(9, 5, 2, torch.Generator().manual_seed(7))
     assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_per_client_batch_sizes_round_robin_with_epoch_steps_and_samples() -> None:
+    # Shards of 64, 64, 64, 10 examples; batch sizes 8, 32, 0 (full batch) round-robin.
+    training = LocalTraining(epochs=1.0, batch_sizes=(8, 32, 0))
+    algo = FedAvg(FedAvgParams(clients_per_round=4), training, np.array([64, 64, 64, 10]))
+    tasks = [algo.task_for(c) for c in range(4)]
+    assert [t.batch_size for t in tasks] == [8, 32, 0, 8]
+    # One epoch: ceil(64/8) = 8 steps, ceil(64/32) = 2, full batch 1, ceil(10/8) = 2.
+    assert [t.steps for t in tasks] == [8, 2, 1, 2]
+    # Virtual compute is charged per example: one epoch is the shard, whatever the batch.
+    assert [t.samples(n) for t, n in zip(tasks, (64, 64, 64, 10), strict=True)] == [64, 64, 64, 10]
+    # Fixed local steps: the same 5 steps, but a bigger batch costs more examples. At
+    # batch 32 an epoch of 100 is 4 steps (32+32+32+4), so 5 steps are 100 + 32.
+    fixed = FedAvg(FedAvgParams(), LocalTraining(local_steps=5, batch_sizes=(8, 32)), np.full(2, 100))
+    assert [fixed.task_for(c).samples(100) for c in range(2)] == [5 * 8, 100 + 32]
+    # Without batch_sizes every client uses batch_size.
+    plain = FedAvg(FedAvgParams(), LocalTraining(local_steps=5, batch_size=16), np.full(3, 100))
+    assert {plain.task_for(c).batch_size for c in range(3)} == {16}
+
+
+def test_batch_sizes_validated() -> None:
+    with pytest.raises(ValueError, match=r"batch_sizes must all be >= 0"):
+        LocalTraining(batch_sizes=(8, -1))
+    with pytest.raises(ValueError, match=r"batch_size must be >= 0"):
+        LocalTraining(batch_size=-2)

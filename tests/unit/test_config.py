@@ -70,6 +70,8 @@ def test_example_configs_load(path: Path) -> None:
         (["partition.name=natural", "workload.name=shapes"], "partition.name 'natural' needs"),
         (["seed"], "override 'seed' must look like key=value"),
         (["clients=3"], "clients is a section; set its keys"),
+        (["training.batch_sizes=[16,-8]"], "training.batch_sizes must all be >= 0, 0 meaning full batch"),
+        (["training.batch_sizes=16"], "training.batch_sizes must be a list"),
     ],
 )
 def test_errors_name_the_key_and_the_fix(overrides: list[str], message: str) -> None:

@@ -1,0 +1,129 @@
+"""The fixed sections of the experiment configuration (engine/config.py assembles them):
+one frozen dataclass per component, each validating its own fields in one line per error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from algorithms.base import ServerCost
+
+
+def _check(ok: object, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+@dataclass(frozen=True)
+class ExecutorsConfig:
+    num: int = 0  # 0: as many as the cluster's CPUs allow (cluster CPUs // num_cpus)
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    max_batch: int = 16  # most jobs sent to one executor in one call (amortises Ray overhead)
+
+    def __post_init__(self) -> None:
+        _check(self.num >= 0, f"num must be >= 0, 0 meaning one per CPU (got {self.num})")
+        _check(self.num_cpus > 0, f"num_cpus must be > 0 (got {self.num_cpus})")
+        _check(self.num_gpus >= 0, f"num_gpus must be >= 0 (got {self.num_gpus})")
+        _check(self.max_batch >= 1, f"max_batch must be >= 1 (got {self.max_batch})")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    # The server mostly awaits; its aggregation is vector math. 0 keeps every core for executors.
+    num_cpus: float = 0.0
+    # The simulated server's compute time per aggregation (virtual seconds; see ServerCost).
+    seconds_per_aggregation: float = 0.0
+    seconds_per_update: float = 0.0
+    seconds_per_mb: float = 0.0
+    # Optional server step after each aggregation: `steps` SGD steps on a server dataset of
+    # `data_samples` training examples held out from the clients (engine/server_step.py).
+    steps: int = 0
+    data_samples: int = 500
+    lr: float = 0.05
+    batch_size: int = 32  # 0 means full batch
+    seconds_per_step: float = 0.0  # the step's virtual time: steps * seconds_per_step
+
+    def __post_init__(self) -> None:
+        _check(self.num_cpus >= 0, f"num_cpus must be >= 0 (got {self.num_cpus})")
+        _check(self.steps >= 0, f"steps must be >= 0 (got {self.steps})")
+        _check(self.data_samples >= 1, f"data_samples must be >= 1 (got {self.data_samples})")
+        _check(self.lr > 0, f"lr must be > 0 (got {self.lr})")
+        _check(self.batch_size >= 0, f"batch_size must be >= 0 (got {self.batch_size})")
+        self.cost  # noqa: B018 -- validates the cost fields
+
+    @property
+    def cost(self) -> ServerCost:
+        return ServerCost(
+            self.seconds_per_aggregation,
+            self.seconds_per_update,
+            self.seconds_per_mb,
+            self.steps * self.seconds_per_step,
+        )
+
+
+@dataclass(frozen=True)
+class ClockConfig:
+    mode: str = "virtual"  # virtual: simulated time, deterministic; wall: real sleeps, for demos
+    wall_scale: float = 0.01  # wall mode: real seconds slept per virtual second
+
+    def __post_init__(self) -> None:
+        _check(self.mode in ("virtual", "wall"), f"mode must be 'virtual' or 'wall' (got {self.mode!r})")
+        _check(self.wall_scale > 0, f"wall_scale must be > 0 (got {self.wall_scale})")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    every: int = 5  # evaluate every N-th global version (the first and last always)
+    batch_size: int = 1024
+    # > 0: every client keeps floor(fraction * shard) of its examples as a local test split
+    # (not trained on), and evaluations also score the model on each client's split
+    # (local_accuracy, local_accuracy_p10, local_loss: engine/evaluation.py).
+    local_test_fraction: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check(self.every >= 1, f"every must be >= 1 (got {self.every})")
+        _check(self.batch_size >= 1, f"batch_size must be >= 1 (got {self.batch_size})")
+        _check(
+            0 <= self.local_test_fraction < 1,
+            f"local_test_fraction must be in [0, 1), e.g. 0.2 (got {self.local_test_fraction})",
+        )
+
+
+@dataclass(frozen=True)
+class StopConfig:
+    max_versions: int = 100  # global model versions (server updates); 0 = no limit
+    max_sim_time: float = 0.0  # virtual seconds; 0 = no limit
+    target_accuracy: float = 0.0  # stop at the first evaluated version reaching it; 0 = off
+    max_bytes: float = 0.0  # total bytes up + down; 0 = no limit
+
+    def __post_init__(self) -> None:
+        _check(self.max_versions >= 0, f"max_versions must be >= 0 (got {self.max_versions})")
+        _check(self.max_sim_time >= 0, f"max_sim_time must be >= 0 (got {self.max_sim_time})")
+        _check(
+            0 <= self.target_accuracy <= 1, f"target_accuracy must be in [0, 1] (got {self.target_accuracy})"
+        )
+        _check(self.max_bytes >= 0, f"max_bytes must be >= 0 (got {self.max_bytes})")
+        _check(
+            self.max_versions or self.max_sim_time or self.max_bytes,
+            "max_versions, max_sim_time or max_bytes: set at least one limit so the run ends",
+        )
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    # Snapshot the server every this many versions (0 = never), at an evaluated version:
+    # a multiple of eval.every. Consumers (Tune) get it with that evaluation's row.
+    every: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.every >= 0, f"every must be >= 0 (got {self.every})")
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    address: str = ""  # "": start a local Ray; "auto": attach to a running cluster; or host:port
+    num_cpus: int = 0  # local Ray only: CPUs to use (0 = all)
+
+    def __post_init__(self) -> None:
+        _check(self.num_cpus >= 0, f"num_cpus must be >= 0 (got {self.num_cpus})")
