@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 
@@ -38,6 +39,10 @@ def test_importing_workloads_does_not_import_torch() -> None:
         (lambda: ShapesParams(train_samples=0), "train_samples must be >= 1"),
         (lambda: ShapesParams(num_classes=11), "num_classes must be in [2, 10]"),
         (lambda: ShapesParams(max_rotation_deg=45.0), "max_rotation_deg must be in [0, 22.5)"),
+        (lambda: ShapesParams(side=12), "side must be in [16, 64] (got 12)"),
+        (lambda: ShapesParams(side=65), "side must be in [16, 64] (got 65)"),
+        (lambda: ShapesParams(channels=2), "channels must be 1 or 3 (got 2)"),
+        (lambda: ShapesParams(model="vgg"), "model must be one of cnn, mnist_cnn, cifar_cnn, resnet18"),
     ],
 )
 def test_params_validation_names_the_field(params, message: str) -> None:
@@ -177,3 +182,79 @@ def test_shapes_cnn_output_shape() -> None:
     assert n_params == (16 * 25 + 16) + (32 * 16 * 25 + 32) + (32 * 7 * 7 * 64 + 64) + (64 * 10 + 10)
     loss = w.loss(out, torch.from_numpy(ds.y_train[:4]))
     assert loss.item() == pytest.approx(np.log(10), abs=0.5)
+
+
+def _digest(*arrays: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def test_shapes_defaults_unchanged_bit_for_bit() -> None:
+    # Digest and pixels taken from the code before side/channels/model existed; 2500 images
+    # span two of generate's render chunks, so chunking must not shift the noise stream.
+    ds = Shapes(ShapesParams(train_samples=2500, test_samples=100)).load(1, seed=3)
+    assert ds.x_train.shape == (2500, 1, 28, 28)
+    assert ds.x_train[7, 0, 14, 10:18].tolist() == [0, 0, 15, 0, 0, 0, 102, 202]
+    assert _digest(ds.x_train, ds.y_train, ds.x_test, ds.y_test) == (
+        "95036397a8fa39be746f3b2a1227425a1ee74158e2c8443a26963528663c5818"
+    )
+
+
+def test_shapes_cifar_layout_colour_carries_no_class() -> None:
+    params = ShapesParams(train_samples=2000, test_samples=100, side=32, channels=3)
+    ds = Shapes(params).load(1, seed=0)
+    assert ds.x_train.shape == (2000, 3, 32, 32) and ds.x_train.dtype == np.uint8
+    assert ds.x_test.shape == (100, 3, 32, 32) and ds.y_train.dtype == np.int64
+    assert np.array_equal(np.bincount(ds.y_train, minlength=10), np.full(10, 200))
+    # Colour draws come after the grayscale ones: same labels as the 1-channel images.
+    gray = Shapes(ShapesParams(train_samples=2000, test_samples=100, side=32)).load(1, seed=0)
+    assert np.array_equal(ds.y_train, gray.y_train) and gray.x_train.shape == (2000, 1, 32, 32)
+    # Every image has its own colours: per-image channel means spread widely...
+    rgb = ds.x_train.reshape(2000, 3, -1).mean(axis=2)
+    assert rgb.std(axis=0).min() > 30
+    # ...but the class-mean colours agree (within a few sampling errors of 200 images).
+    class_rgb = np.stack([rgb[ds.y_train == c].mean(axis=0) for c in range(10)])
+    assert np.ptp(class_rgb, axis=0).max() < 6 * rgb.std(axis=0).max() / np.sqrt(200)
+    # The shape stays visible: every image spans a wide intensity range in some channel.
+    span = np.ptp(ds.x_train.reshape(2000, 3, -1), axis=2).max(axis=1)
+    assert span.min() > 100
+
+
+def test_shapes_scale_with_side() -> None:
+    # Without noise, a shape covers about the same share of the image at every side.
+    def ink(side: int) -> float:
+        params = ShapesParams(train_samples=1000, test_samples=10, noise=0.0, side=side)
+        x = Shapes(params).load(1, seed=0).x_train
+        assert x.shape == (1000, 1, side, side)
+        return float((x > 80).mean())
+
+    share = {side: ink(side) for side in (16, 28, 64)}
+    assert 0.1 < share[28] < 0.25, share
+    assert abs(share[16] - share[28]) < 0.02 and abs(share[64] - share[28]) < 0.02, share
+
+
+def test_shapes_model_choice() -> None:
+    torch = pytest.importorskip("torch")
+    w = Shapes(ShapesParams(train_samples=100, test_samples=10, side=32, channels=3, model="cifar_cnn"))
+    ds = w.load(1, seed=0)
+    torch.manual_seed(0)
+    model = w.model(DatasetMeta.of(ds))
+    assert model(w.to_tensor(ds.x_train[:4])).shape == (4, 10)
+    # pfl-research's CIFAR CNN, as hand-counted in test_models.py.
+    assert sum(p.numel() for p in model.parameters()) == 1_626_442
+    # The small CNN adapts its head to the side: 32 -> 8 after two pools.
+    small = Shapes(ShapesParams(side=32, channels=3)).model(DatasetMeta((3, 32, 32), 10))
+    n_small = sum(p.numel() for p in small.parameters())
+    assert n_small == (16 * 3 * 25 + 16) + (32 * 16 * 25 + 32) + (32 * 8 * 8 * 64 + 64) + (64 * 10 + 10)
+
+
+def test_shapes_engine_config_keys() -> None:
+    from engine.config import load_config
+
+    keys = ["workload.name=shapes", "workload.side=32", "workload.channels=3", "workload.model=cifar_cnn"]
+    params = load_config(None, keys).workload.params
+    assert (params.side, params.channels, params.model) == (32, 3, "cifar_cnn")
+    with pytest.raises(ValueError, match="channels must be 1 or 3"):
+        load_config(None, ["workload.name=shapes", "workload.channels=2"])

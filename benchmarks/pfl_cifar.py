@@ -1,0 +1,227 @@
+"""pfl-research's CIFAR-10 benchmark shape on 2 cores: engine samples/s against plain PyTorch.
+
+pfl-research's CIFAR-10 baseline (benchmarks/image_classification/configs/baseline.yaml):
+1000 users x 50 images (iid), a cohort of 50 per round, 1 local epoch at batch 10 (5 local
+steps), local lr 0.1, FedAvg with server lr 1, its CIFAR CNN (workloads.models cifar_cnn).
+Here the same shape runs on generated CIFAR-shaped images (workload shapes with side=32,
+channels=3, model=cifar_cnn: 50,000 uint8 (3, 32, 32) images), for 25 rounds instead of
+1500, on a 2-CPU Ray with 2 executors x 1 CPU. Engine samples/s is taken in steady state:
+between the first evaluated version after warm-up (round 5) and the last one, samples =
+sum of the applied jobs' local_steps x 10 (from the events), seconds = difference of the
+metrics' wall_time. The plain loop trains the same model class with SGD at batch 10 on the
+same images, for the same number of steps, without Ray, in one process with
+torch.set_num_threads(2); as a stricter baseline also two 1-thread processes side by side.
+Plain and engine runs alternate. Efficiency = engine / plain. Target: >= 0.9.
+
+Extra ``key=value`` arguments are engine overrides, applied after the benchmark's own
+(e.g. ``executors.max_batch=4``) and recorded in the JSON.
+
+    python -m benchmarks.pfl_cifar [--quick] [--repeats N] [--no-write] [key=value ...]
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import statistics
+import sys
+import time
+from typing import Any
+
+from benchmarks._common import (
+    config,
+    engine_stats,
+    local_ray,
+    loop_seconds,
+    parse_args,
+    run,
+    table,
+    write_json,
+)
+from engine.config import ConfigError
+from engine.results import EVENTS_COLUMNS
+
+TARGET = 0.9
+BATCH = 10  # pfl-research's local_batch_size
+PER_CLIENT = 50  # its mean_datapoints_per_user (constant): 1 epoch = 5 steps
+LOCAL_LR = 0.1  # its local_learning_rate
+SEED = 0
+WORKLOAD = ("workload.name=shapes", "workload.side=32", "workload.channels=3", "workload.model=cifar_cnn")
+
+
+def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(the script's own arguments, the engine's key=value overrides) of ``argv``."""
+    own = [a for a in argv if a.startswith("-") or "=" not in a]
+    return own, [a for a in argv if a not in own]
+
+
+def engine_overrides(size: dict[str, int]) -> list[str]:
+    """The benchmark's own engine settings (the command line's come after them)."""
+    return [
+        *WORKLOAD,
+        f"workload.train_samples={size['clients'] * PER_CLIENT}",
+        f"workload.test_samples={size['test']}",  # evaluation stays a small share of the window
+        "partition.name=iid",  # equal shards of 50: every job is 5 full batches of 10
+        f"clients.num={size['clients']}",
+        "algorithm.name=fedavg",
+        f"algorithm.clients_per_round={size['cohort']}",
+        "training.epochs=1",
+        f"training.batch_size={BATCH}",
+        f"training.lr={LOCAL_LR}",
+        f"eval.every={size['eval_every']}",
+        f"stop.max_versions={size['rounds']}",
+        "executors.num=2",
+        "executors.num_cpus=1",
+        f"seed={SEED}",
+    ]
+
+
+def engine_throughput(size: dict[str, int], overrides: list[str]) -> dict[str, Any]:
+    cfg = config(*engine_overrides(size), *overrides)
+    result = run(cfg)
+    metrics = {m["version"]: m for m in result["metrics"]}
+    first, last = metrics[size["eval_every"]], metrics[max(metrics)]  # rounds 0 .. eval_every: warm-up
+    steps_col, dropped_col = EVENTS_COLUMNS.index("local_steps"), EVENTS_COLUMNS.index("dropped")
+    applied = [e[steps_col] for e in result["events"] if not e[dropped_col]]
+    steps = int(sum(applied[first["updates"] : last["updates"]]))
+    seconds = last["wall_time"] - first["wall_time"]
+    executors = cfg.executors.num * cfg.executors.num_cpus
+    return {
+        "window_versions": [first["version"], last["version"]],
+        "window_seconds": seconds,
+        "steps": steps,
+        "samples_per_s": steps * BATCH / seconds,
+        "final_accuracy": last["accuracy"],
+        # Executors' CPU seconds over the whole loop / the CPUs they were given: below 1,
+        # they waited (for the server, or for a machine busy with other work).
+        "executor_cpu_util": result["cpu"].get("Executor", float("nan"))
+        / (loop_seconds(result["summary"]) * executors),
+        "engine": engine_stats(result["summary"]),
+    }
+
+
+def plain_loop(size: dict[str, int], steps: int, threads: int, barrier: Any = None) -> float:
+    """Seconds for ``steps`` SGD steps at batch 10 (after 10 warm-up steps), no Ray."""
+    import torch
+
+    from workloads import DatasetMeta
+    from workloads.shapes import Shapes, ShapesParams
+
+    torch.set_num_threads(threads)
+    params = ShapesParams(
+        train_samples=size["clients"] * PER_CLIENT,
+        test_samples=size["test"],
+        side=32,
+        channels=3,
+        model="cifar_cnn",
+    )
+    workload = Shapes(params)
+    ds = workload.load(size["clients"], SEED)  # the engine's data: same generator, same seed
+    torch.manual_seed(SEED)
+    model = workload.model(DatasetMeta.of(ds))
+    x, y = workload.to_tensor(ds.x_train), torch.from_numpy(ds.y_train)
+    opt = torch.optim.SGD(model.parameters(), lr=LOCAL_LR)
+    gen = torch.Generator().manual_seed(SEED)
+    model.train()
+
+    def train(n: int) -> None:
+        batches: list[Any] = []
+        for _ in range(n):
+            if not batches:
+                batches = list(torch.randperm(len(y), generator=gen).split(BATCH))[::-1]
+            idx = batches.pop()
+            opt.zero_grad(set_to_none=True)
+            workload.loss(model(x[idx]), y[idx]).backward()
+            opt.step()
+
+    train(10)
+    if barrier is not None:
+        barrier.wait()
+    t0 = time.perf_counter()
+    train(steps)
+    return time.perf_counter() - t0
+
+
+def _worker(size: dict[str, int], steps: int, barrier: Any, out: Any) -> None:
+    out.put(plain_loop(size, steps, 1, barrier))
+
+
+def plain_two_processes(size: dict[str, int], steps: int) -> float:
+    """Samples/s of two 1-thread loops side by side, each doing half the steps."""
+    ctx = mp.get_context("spawn")
+    barrier, out = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=_worker, args=(size, steps // 2, barrier, out)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    seconds = max(out.get() for _ in procs)
+    for p in procs:
+        p.join()
+    return 2 * (steps // 2) * BATCH / seconds
+
+
+def _range(values: list[float]) -> str:
+    return f"{min(values):.0f}-{max(values):.0f}"
+
+
+def main() -> None:
+    # parse_args knows only the script's flags: the key=value overrides are taken out first.
+    argv, overrides = split_overrides(sys.argv[1:])
+    sys.argv[1:] = argv
+    args = parse_args(str(__doc__).splitlines()[0] + " Extra key=value arguments: engine overrides.")
+    size = (
+        {"clients": 100, "cohort": 10, "eval_every": 2, "rounds": 6, "test": 200}
+        if args.quick
+        else {"clients": 1000, "cohort": 50, "eval_every": 5, "rounds": 25, "test": 500}
+    )
+    try:  # a bad override fails here, in one line, before any measurement
+        config(*engine_overrides(size), *overrides)
+    except ConfigError as e:
+        sys.exit(f"pfl_cifar: error: {e}")
+    # Every round is exactly `cohort` jobs of 5 steps, so the window's step count is known upfront.
+    steps = (size["rounds"] - size["eval_every"]) * size["cohort"] * (PER_CLIENT // BATCH)
+    runs: list[dict[str, Any]] = []
+    plain: dict[str, list[float]] = {"1 process x 2 threads": [], "2 processes x 1 thread": []}
+    with local_ray(2):
+        for _ in range(args.repeats):  # interleaved, so drifts in machine load hit every setup alike
+            plain["1 process x 2 threads"].append(steps * BATCH / plain_loop(size, steps, 2))
+            plain["2 processes x 1 thread"].append(plain_two_processes(size, steps))
+            runs.append(engine_throughput(size, overrides))
+    med = {k: statistics.median(v) for k, v in plain.items()}
+    base, best = med["1 process x 2 threads"], max(med.values())
+    values = [r["samples_per_s"] for r in runs]
+    sps = statistics.median(values)
+    util = statistics.median(r["executor_cpu_util"] for r in runs)
+    name = "engine 2x1 CPU" + "".join(f", {o}" for o in overrides)
+    rows: list[list[Any]] = [[name, sps, _range(values), sps / base, sps / best, util]]
+    rows += [[f"plain {k}", v, _range(plain[k]), v / base, v / best, "-"] for k, v in med.items()]
+    print(
+        f"\npfl-research CIFAR-10 shape: {size['clients']} clients x {PER_CLIENT} generated "
+        f"(3, 32, 32) images, cohort {size['cohort']}, 1 epoch at batch {BATCH}, FedAvg, cifar_cnn; "
+        f"{steps} steps in the window, rounds {size['eval_every']}-{size['rounds']} "
+        f"(median of {args.repeats})\n"
+    )
+    print(
+        table(["setup", "samples/s", "range", "vs plain 2 threads", "vs best plain", "exec CPU util"], rows)
+    )
+    print(f"\ntarget: engine 2x1 >= {TARGET} x plain 1 process x 2 threads")
+    if any(r["steps"] != steps for r in runs):  # e.g. an override that changes the local work
+        print(f"note: the engine's window ran {[r['steps'] for r in runs]} steps, the plain loops {steps}")
+    write_json(
+        "pfl_cifar",
+        {
+            "size": size,
+            "overrides": overrides,
+            "engine_config": engine_overrides(size),
+            "window_steps": steps,
+            "repeats": args.repeats,
+            "target": TARGET,
+            "engine": runs,
+            "plain_samples_per_s": plain,
+            "efficiency_vs_plain_2_threads": sps / base,
+            "efficiency_vs_best_plain": sps / best,
+        },
+        skip=args.no_write,
+    )
+
+
+if __name__ == "__main__":
+    main()
