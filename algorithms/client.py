@@ -21,6 +21,7 @@ class ClientData:
     y: torch.Tensor
     loss_fn: LossFn
     augment: AugmentFn | None = None  # per-minibatch augmentation, drawing from the job's generator
+    losses_fn: LossFn | None = None  # per-example losses (stacked training masks padding with them)
 
     def __len__(self) -> int:
         return int(self.y.shape[0])

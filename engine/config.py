@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from algorithms import ALGORITHMS
-from algorithms.base import LocalTraining
+from algorithms.base import Algorithm, LocalTraining
 from engine.delays import ClientsConfig, DelayModel
 from engine.sections import (
     CheckpointConfig,
@@ -236,6 +236,11 @@ def _cross_checks(cfg: Config) -> None:
         raise ConfigError(
             f"algorithm {cfg.algorithm.name!r} does not model the server's time or server step; "
             f"leave server.steps and server.seconds_per_* at 0, or use one of {which}"
+        )
+    if cfg.executors.stack > 1 and algorithm.client_update is not Algorithm.client_update:
+        raise ConfigError(
+            f"executors.stack trains plain local SGD together; {cfg.algorithm.name} has its own "
+            "client update: set executors.stack=1"
         )
     every = cfg.checkpoint.every
     if every and every % cfg.eval.every:

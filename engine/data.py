@@ -10,7 +10,7 @@ from engine.evaluation import split_local_test
 from engine.executor import ShardIndex
 from engine.rng import stream
 from engine.server_step import server_step
-from workloads import WORKLOADS, Dataset
+from workloads import WORKLOADS, Dataset, DatasetMeta, Workload
 from workloads.partition import partition
 
 if TYPE_CHECKING:
@@ -30,6 +30,8 @@ def load_data(cfg: Config) -> tuple[Dataset, ShardIndex, ShardIndex | None, Serv
         cfg.seed,
         natural=dataset.natural_partition,
     )
+    if cfg.executors.stack > 1:
+        check_stackable(cfg, workload, dataset)
     local_test = None
     if cfg.eval.local_test_fraction > 0:
         shards, held = split_local_test(
@@ -37,3 +39,21 @@ def load_data(cfg: Config) -> tuple[Dataset, ShardIndex, ShardIndex | None, Serv
         )
         local_test = ShardIndex.of(held)
     return dataset, ShardIndex.of(shards), local_test, step
+
+
+def check_stackable(cfg: Config, workload: Workload, dataset: Dataset) -> None:
+    """executors.stack needs a model of linear layers (algorithms/stacked.py): say so
+    before any job runs, naming what is in the way."""
+    import torch
+
+    from algorithms.stacked import unstackable_layers
+    from engine.config import ConfigError
+
+    torch.manual_seed(0)
+    others = unstackable_layers(workload.model(DatasetMeta.of(dataset)))
+    if others:
+        raise ConfigError(
+            f"executors.stack={cfg.executors.stack} trains jobs together as one vmapped computation, "
+            f"which fedray does for linear layers only; the {cfg.workload.name} model has "
+            f"{', '.join(others)}: set executors.stack=1"
+        )

@@ -25,6 +25,7 @@ from engine.rng import int_seed
 from workloads import WORKLOADS, Dataset, DatasetMeta, ParamLayout
 
 if TYPE_CHECKING:
+    from algorithms.client import ClientData
     from engine.config import Config
 
 
@@ -65,6 +66,7 @@ class ExecutorSpec:
     num_cpus: float
     num_gpus: float
     eval_batch_size: int
+    stack: int = 1
 
     @staticmethod
     def of(cfg: Config) -> ExecutorSpec:
@@ -78,6 +80,7 @@ class ExecutorSpec:
             cfg.executors.num_cpus,
             cfg.executors.num_gpus,
             cfg.eval.batch_size,
+            cfg.executors.stack,
         )
 
 
@@ -92,6 +95,17 @@ class JobSpec:
     urgency: float = 0.0  # the job's earliest possible finish: executors run the most urgent first
     pad_until: float = 0.0  # wall mode: return no earlier than this wall time (minus upload)
     up_bytes_per_s: float = 0.0  # wall mode: to pad the upload of the real payload size
+    stack: Stack | None = None  # trained together with the other jobs of this stack
+
+
+@dataclass(frozen=True)
+class Stack:
+    """A job's place in a stack (engine/jobs.py ``assign_stacks``; algorithms/stacked.py)."""
+
+    key: int  # the stack's id: its first job's uid, which also keys its dropout draws
+    slot: int
+    size: int  # slots in the stack (its jobs at dispatch; the same when some run again alone)
+    width: int  # every minibatch of the stack is padded to this many examples
 
 
 @dataclass(frozen=True)
@@ -179,11 +193,21 @@ class Executor:
 
     async def _work(self) -> None:
         while self._queue:
-            *_, job, start, fut = heapq.heappop(self._queue)
+            entry = heapq.heappop(self._queue)
+            batch = [entry]
+            key = entry[2].stack.key if entry[2].stack is not None else None
+            if key is not None:  # its stack mates queued here train with it
+                batch += [e for e in self._queue if e[2].stack is not None and e[2].stack.key == key]
+                taken = {id(e) for e in batch}
+                self._queue = [e for e in self._queue if id(e) not in taken]
+                heapq.heapify(self._queue)
             try:
-                fut.set_result((job, self._run_one(job, start)))
-            except Exception as e:  # surfaces in the run() call that brought the job
-                fut.set_exception(e)
+                outs = self._run_stack(batch) if key is not None else [self._run_one(entry[2], entry[3])]
+                for (*_, job, _start, fut), out in zip(batch, outs, strict=True):
+                    fut.set_result((job, out))
+            except Exception as e:  # surfaces in the run() calls that brought the jobs
+                for *_, fut in batch:
+                    fut.set_exception(e)
             await asyncio.sleep(0)  # let calls that arrived meanwhile queue their jobs
 
     def _cache_on_device(self) -> Any:
@@ -205,7 +229,8 @@ class Executor:
             return self._train_x[self.torch.from_numpy(idx).to(self.device)]
         return self.workload.to_tensor(self.dataset.x_train[idx]).to(self.device)
 
-    def _run_one(self, job: JobSpec, start: np.ndarray) -> JobOutput:
+    def _client_data(self, job: JobSpec) -> tuple[ClientData, Any]:
+        """The job's shard as tensors and its keyed training generator."""
         from algorithms.client import ClientData
 
         torch = self.torch
@@ -215,11 +240,38 @@ class Executor:
             y=torch.from_numpy(np.asarray(self.dataset.y_train[idx], dtype=np.int64)).to(self.device),
             loss_fn=self.workload.loss,
             augment=self.workload.augment,
+            losses_fn=self.workload.losses,
         )
+        key = int_seed(self.spec.seed, "train", job.client, job.job_index)
+        return data, torch.Generator().manual_seed(key)
+
+    def _run_stack(self, batch: list[Any]) -> list[JobOutput]:
+        """Jobs of one stack (all of it, or the part that is here), trained together in
+        their slots (algorithms/stacked.py)."""
+        from algorithms.stacked import stacked_rows, stacked_sgd
+
+        first: JobSpec = batch[0][2]
+        assert first.stack is not None
+        slots: list[Any] = [None] * first.stack.size
+        for *_, job, _start, _fut in batch:
+            slots[job.stack.slot] = self._client_data(job)
+        self.layout.load(self.model, batch[0][3])  # one start model: the stack shares its task
+        self.torch.manual_seed(int_seed(self.spec.seed, "stack_global", first.stack.key))
+        params, losses = stacked_sgd(self.model, slots, first.task, first.stack.width)
+        rows = stacked_rows(self.model, self.layout.names, params).cpu().numpy()
+        outs = []
+        for *_, job, start, _fut in batch:
+            delta = np.subtract(start, rows[job.stack.slot], dtype=np.float32)
+            n = int(self.shards.sizes[job.client])
+            metrics = {"train_loss": losses[job.stack.slot]}
+            outs.append(JobOutput(job.uid, delta, n, int(delta.nbytes), job.client_state, metrics))
+        return outs
+
+    def _run_one(self, job: JobSpec, start: np.ndarray) -> JobOutput:
+        torch = self.torch
+        data, generator = self._client_data(job)
+        idx = self.shards.shard(job.client)
         self.layout.load(self.model, start)
-        generator = torch.Generator().manual_seed(
-            int_seed(self.spec.seed, "train", job.client, job.job_index)
-        )
         # Dropout draws from torch's global generator: key it per job too, so a result does
         # not depend on the jobs this executor happened to run before.
         torch.manual_seed(int_seed(self.spec.seed, "train_global", job.client, job.job_index))

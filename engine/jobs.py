@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from algorithms.base import Task
-from engine.executor import JobOutput, JobSpec
+from engine.executor import JobOutput, JobSpec, Stack
 
 
 @dataclass(eq=False)
@@ -30,6 +30,28 @@ class InFlight:
     discarded: bool = False  # the algorithm no longer wants it
     output: JobOutput | None = None
     held: tuple[JobSpec, Any] | None = None  # (spec, params ref) while held back from the pool
+    stack: Stack | None = None  # its place in a stack of jobs trained together
+
+
+def assign_stacks(jobs: list[InFlight], size: int, shard_sizes: np.ndarray) -> None:
+    """Stack the jobs of one dispatch that share their task (so their start model and
+    number of steps), ``size`` at a time in dispatch order. A function of the dispatch
+    alone, never of executors or timing, so runs stay identical across executor counts.
+    The stack's width is its largest minibatch (the batch size, or a whole shard)."""
+    if size <= 1:
+        return
+    by_task: dict[Task, list[InFlight]] = {}
+    for f in jobs:
+        by_task.setdefault(f.task, []).append(f)
+    for task, group in by_task.items():
+        for start in range(0, len(group), size):
+            chunk = group[start : start + size]
+            if len(chunk) < 2:
+                continue  # a stack of one is just a job
+            shards = [int(shard_sizes[f.client]) for f in chunk]
+            width = max(n if task.batch_size == 0 else min(task.batch_size, n) for n in shards)
+            for slot, f in enumerate(chunk):
+                f.stack = Stack(chunk[0].seq, slot, len(chunk), width)
 
 
 class JobTable:

@@ -140,19 +140,27 @@ class ExecutorPool:
         return any(s.outstanding < LOW_WATER for s in self.slots)
 
     def flush(self) -> None:
-        """Send every queued job: least-loaded executor first, at most max_batch per call."""
+        """Send every queued job: least-loaded executor first, at most max_batch per call
+        (more only for a bigger stack), a stack's jobs together so they train together."""
         if not self.queue:
             return
         queued, self.queue = sorted(self.queue, key=lambda q: (q.urgency, q.spec.uid)), []
-        assigned: dict[int, list[_Queued]] = {}
-        load = {s.index: s.outstanding for s in self.slots}
+        units: dict[int, list[_Queued]] = {}  # by stack key; a job with no stack on its own
         for q in queued:
+            stack = q.spec.stack
+            units.setdefault(stack.key if stack is not None else -1 - q.spec.uid, []).append(q)
+        calls: dict[int, list[list[_Queued]]] = {}
+        load = {s.index: s.outstanding for s in self.slots}
+        for unit in units.values():
             i = min(load, key=lambda k: (load[k], k))
-            assigned.setdefault(i, []).append(q)
-            load[i] += 1
-        for i, items in assigned.items():
-            for start in range(0, len(items), self.max_batch):
-                self._send(self.slots[i], items[start : start + self.max_batch])
+            load[i] += len(unit)
+            mine = calls.setdefault(i, [[]])
+            if mine[-1] and len(mine[-1]) + len(unit) > self.max_batch:
+                mine.append([])
+            mine[-1].extend(unit)
+        for i, batches in calls.items():
+            for items in batches:
+                self._send(self.slots[i], items)
 
     def _send(self, slot: _Slot, items: list[_Queued]) -> None:
         refs: list[Any] = []

@@ -256,6 +256,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fedray: error: {e}", file=sys.stderr)
         return 2
     except ray.exceptions.RayTaskError as e:
+        if isinstance(e.cause, ConfigError):  # found by the server, once it had the data
+            print(f"fedray: error: {e.cause}", file=sys.stderr)
+            return 2
         print(f"fedray: the run failed: {e.cause!r}", file=sys.stderr)
         return 1
     finally:

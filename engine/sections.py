@@ -20,12 +20,16 @@ class ExecutorsConfig:
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     max_batch: int = 16  # most jobs sent to one executor in one call (amortises Ray overhead)
+    # > 1: jobs of one dispatch with the same task train together, this many at a time, as
+    # one vmapped computation (algorithms/stacked.py); models of linear layers only.
+    stack: int = 1
 
     def __post_init__(self) -> None:
         _check(self.num >= 0, f"num must be >= 0, 0 meaning one per CPU (got {self.num})")
         _check(self.num_cpus > 0, f"num_cpus must be > 0 (got {self.num_cpus})")
         _check(self.num_gpus >= 0, f"num_gpus must be >= 0 (got {self.num_gpus})")
         _check(self.max_batch >= 1, f"max_batch must be >= 1 (got {self.max_batch})")
+        _check(self.stack >= 1, f"stack must be >= 1, 1 meaning one job at a time (got {self.stack})")
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from engine.config import Config
 from engine.data import load_data
 from engine.delays import DelayModel
 from engine.executor import ExecutorSpec, JobOutput, JobSpec
-from engine.jobs import InFlight, JobTable, VersionStore
+from engine.jobs import InFlight, JobTable, VersionStore, assign_stacks
 from engine.pool import ExecutorPool, Placement
 from engine.results import RunRecorder
 from engine.rng import stream
@@ -226,6 +226,7 @@ class Server:
         self.dispatch_calls += 1
         self.state, jobs = self.algorithm.jobs(self.state, self.now, idle, rng)
         quorum: dict[int, list[InFlight]] = {}
+        direct: list[InFlight] = []
         for job in jobs:
             c = job.client
             k = int(self.job_counter[c])
@@ -233,18 +234,8 @@ class Server:
             down = self.delays.download_time(c, self.model_bytes)
             compute = self.delays.compute_time(c, k, job.task.samples(int(self.sizes[c])))
             bound = self.now + down + compute + float(self.delays.latency[c])
-            f = InFlight(
-                self.ready.next_seq(),
-                c,
-                k,
-                job.task,
-                self.state.version,
-                self.now,
-                down,
-                compute,
-                self.model_bytes,
-                bound,
-            )
+            seq, version = self.ready.next_seq(), self.state.version
+            f = InFlight(seq, c, k, job.task, version, self.now, down, compute, self.model_bytes, bound)
             self.rec.bytes_down += self.model_bytes
             if self.delays.dropped(c, k):
                 # Rule: skip provably discarded work. The event still happens.
@@ -253,10 +244,12 @@ class Server:
                 self.ready.push(bound, Priority.COMPLETION, f, seq=f.seq)
                 continue
             self.in_flight.add(f, computed=True)
-            if job.quorum > 0:
-                quorum.setdefault(job.quorum, []).append(f)
-            else:
-                self._send(f)
+            (quorum.setdefault(job.quorum, []) if job.quorum > 0 else direct).append(f)
+        assign_stacks(
+            direct + [f for group in quorum.values() for f in group], self.cfg.executors.stack, self.sizes
+        )
+        for f in direct:
+            self._send(f)
         for k, group in quorum.items():
             # Over-selection: the engine (not the algorithm: no clairvoyance) knows which
             # jobs would finish first; the others are held back, computed only if needed.
@@ -292,6 +285,7 @@ class Server:
                 urgency=f.lower_bound,
                 pad_until=pad,
                 up_bytes_per_s=float(up),
+                stack=f.stack,
             )
             if hold:
                 f.held = (spec, ref)

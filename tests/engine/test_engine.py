@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from engine.config import Config
+from engine.config import Config, ConfigError
 from engine.data import load_data
 from engine.results import EVENTS_COLUMNS
 from engine.rng import int_seed
@@ -151,10 +151,37 @@ def test_local_test_splits_are_scored_and_batch_sizes_differ_by_client(tmp_path:
     assert {"local_accuracy", "local_accuracy_p10", "local_loss"} <= set(written.columns)
 
 
-def test_killed_executor_loses_no_update(tmp_path: Path) -> None:
+def test_stacked_jobs_identical_across_executor_counts_and_close_to_one_at_a_time(tmp_path: Path) -> None:
+    common = ("algorithm.name=fedavg", "algorithm.clients_per_round=8", "stop.max_versions=4", "eval.every=2")
+    runs = {}
+    for name, extra in (("one", ["executors.num=1"]), ("two", ["executors.num=2"]), ("plain", [])):
+        stack = "executors.stack=1" if name == "plain" else "executors.stack=3"
+        runs[name] = run(tiny(*common, *extra, stack, f"out_dir={tmp_path / name}"), tmp_path)
+    m1, e1 = frames(runs["one"][1])
+    m2, e2 = frames(runs["two"][1])
+    pd.testing.assert_frame_equal(m1, m2, check_exact=True)
+    pd.testing.assert_frame_equal(e1, e2, check_exact=True)
+    stacked, plain = runs["one"][0]["model"], runs["plain"][0]["model"]
+    # Batched kernels round differently from one job at a time, and only that.
+    np.testing.assert_allclose(stacked, plain, atol=1e-5, rtol=0)
+    assert not np.array_equal(stacked, plain)
+
+
+def test_stacking_a_convolutional_model_is_refused_in_one_line() -> None:
     import ray
 
-    heavy = ("stop.max_versions=40", "training.local_steps=40", "clients.num=16")
+    with pytest.raises(ray.exceptions.RayTaskError) as e:
+        run(tiny("workload.name=shapes", "workload.train_samples=200", "executors.stack=4"))
+    assert isinstance(e.value.cause, ConfigError)
+    assert "the shapes model has Conv2d, MaxPool2d: set executors.stack=1" in str(e.value.cause)
+
+
+# With stacks, a lost stack's jobs run again as a stack, or alone in their slots: same bits.
+@pytest.mark.parametrize("stack", [1, 4])
+def test_killed_executor_loses_no_update(stack: int) -> None:
+    import ray
+
+    heavy = ("stop.max_versions=40", "training.local_steps=40", "clients.num=16", f"executors.stack={stack}")
     reference, _ = run(tiny(*heavy))
     killed: list[str] = []
 
@@ -293,6 +320,8 @@ HETEROGENEITY = {
 RESUMED = {  # algorithm states with more in them: a buffer, server optimizer moments
     "fedbuff": ("algorithm.concurrency=6", "algorithm.buffer_size=3"),
     "fedadam": ("algorithm.clients_per_round=4", "algorithm.server_lr=0.05"),
+    # stacks of 4 + 2 in flight at the checkpoint: recomputed in their slots, same bits
+    "fedavg:stacked": ("algorithm.clients_per_round=6", "executors.stack=4"),
 }
 
 
@@ -307,7 +336,7 @@ def test_identical_across_executor_counts_and_when_resumed_from_a_checkpoint(nam
         "stop.max_versions=8",
         "eval.every=4",
         "checkpoint.every=4",
-        f"algorithm.name={name}",
+        f"algorithm.name={name.split(':')[0]}",
         *{**HETEROGENEITY, **RESUMED}[name],
     )
     rows: list[dict] = []
