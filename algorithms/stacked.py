@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch.func import functional_call, grad, vmap
+from torch.func import functional_call, vmap
 
 from algorithms.base import Task
 from algorithms.client import ClientData, batch_indices
@@ -74,64 +74,98 @@ def stacked_sgd(
     if not occupied:
         raise ValueError("a stack needs at least one occupied slot")
     ref = occupied[0][0]
-    device = ref.x.device
     trainable = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
     frozen = {n: p.detach() for n, p in model.named_parameters() if not p.requires_grad}
     fixed = {**frozen, **dict(model.named_buffers())}
     params = {n: p.unsqueeze(0).repeat(size, *([1] * p.dim())) for n, p in trainable.items()}
-    anchor = dict(params) if task.prox_mu > 0 else {}
+    anchor = {n: p.clone() for n, p in params.items()} if task.prox_mu > 0 else {}
     velocity: dict[str, torch.Tensor] = {}
     losses_fn = ref.losses_fn or _cross_entropy_per_example
-
-    def objective(
-        p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, w: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        per_example = losses_fn(functional_call(model, (p, fixed), (x,)), y)
-        loss = (per_example * w).sum() / w.sum().clamp(min=1.0)
-        return loss, loss.detach()
-
-    # randomness="different": dropout masks differ per slot, from the global generator.
-    step = vmap(grad(objective, has_aux=True), randomness="different")
-    # Every slot's minibatches, drawn from its own generator first, as local_sgd does.
-    plans = [
-        None if s is None else batch_indices(len(s[0]), task.steps, task.batch_size, s[1]) for s in slots
-    ]
-    totals = torch.zeros(size, device=device)
+    # vmap over the forward pass only; autograd then gives each slot the gradient of its
+    # own loss (the slots' losses are summed, and no slot's loss depends on another's
+    # parameters). randomness="different": dropout masks differ per slot.
+    forward = vmap(lambda p, x: functional_call(model, (p, fixed), (x,)), randomness="different")
+    batches = _Batches(slots, task, width)
+    totals = torch.zeros(size, device=ref.x.device)
     model.train()
     for k in range(task.steps):
-        xs, ys, ws = [], [], []
-        for slot, plan in zip(slots, plans, strict=True):
-            if slot is None or plan is None:  # padding: zero weight, its gradient is zero
-                xs.append(ref.x.new_zeros((width, *ref.x.shape[1:])))
-                ys.append(ref.y.new_zeros(width))
-                ws.append(torch.zeros(width, device=device))
-                continue
-            data, generator = slot
-            idx = plan[k]
-            if len(idx) > width:
-                raise ValueError(f"a minibatch of {len(idx)} examples exceeds the stack's width {width}")
-            x = data.x[idx] if data.augment is None else data.augment(data.x[idx], generator)
-            pad = width - len(idx)
-            xs.append(torch.cat([x, x.new_zeros((pad, *x.shape[1:]))]) if pad else x)
-            ys.append(torch.cat([data.y[idx], data.y.new_zeros(pad)]) if pad else data.y[idx])
-            ws.append(torch.cat([torch.ones(len(idx), device=device), torch.zeros(pad, device=device)]))
-        grads, losses = step(params, torch.stack(xs), torch.stack(ys), torch.stack(ws))
+        x, y, w = batches.step(k)
+        leaves = {n: p.requires_grad_(True) for n, p in params.items()}
+        per_example = losses_fn(forward(leaves, x).flatten(0, 1), y.flatten()).view(size, width)
+        losses = (per_example * w).sum(1) / w.sum(1).clamp(min=1.0)
+        grads = torch.autograd.grad(losses.sum(), list(leaves.values()))
         with torch.no_grad():
             totals += losses
-            for n, g in grads.items():
+            for (n, p), g in zip(leaves.items(), grads, strict=True):
                 d = g
                 if task.weight_decay:
-                    d = d + task.weight_decay * params[n]
+                    d = d + task.weight_decay * p
                 if task.prox_mu > 0:
-                    d = d + task.prox_mu * (params[n] - anchor[n])
+                    d = d + task.prox_mu * (p - anchor[n])
                 if task.momentum:
                     velocity[n] = d if n not in velocity else task.momentum * velocity[n] + d
                     d = velocity[n]
-                params[n] = params[n] - task.lr * d
+                params[n] = p.detach() - task.lr * d
     return params, [
         float("nan") if s is None or task.steps <= 0 else float(totals[i]) / task.steps
         for i, s in enumerate(slots)
     ]
+
+
+class _Batches:
+    """Every slot's minibatches as (slots, width, ...) tensors with a (slots, width) weight
+    mask, drawn from each slot's own generator exactly as ``local_sgd`` draws them."""
+
+    def __init__(self, slots: Sequence[tuple[ClientData, torch.Generator] | None], task: Task, width: int):
+        self.slots = slots
+        self.plans = [
+            None if s is None else batch_indices(len(s[0]), task.steps, task.batch_size, s[1]) for s in slots
+        ]
+        for plan in self.plans:
+            if plan is not None and max(len(i) for i in plan) > width:
+                raise ValueError(
+                    f"a minibatch of {max(len(i) for i in plan)} exceeds the stack's width {width}"
+                )
+        self.width = width
+        ref = next(s for s in slots if s is not None)[0]
+        self.augmented = any(s is not None and s[0].augment is not None for s in slots)
+        if not self.augmented:
+            # All shards in one tensor plus a zero row for padding: one gather per step.
+            parts = [s[0] for s in slots if s is not None]
+            self.x = torch.cat([*(d.x for d in parts), ref.x.new_zeros((1, *ref.x.shape[1:]))])
+            self.y = torch.cat([*(d.y for d in parts), ref.y.new_zeros(1)])
+            starts, at = [], 0
+            for s in slots:
+                starts.append(at)
+                at += 0 if s is None else len(s[0])
+            self.starts, self.pad_row = starts, at
+
+    def step(self, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self.augmented:
+            return self._step_augmented(k)
+        rows, weights = [], []
+        for plan, start in zip(self.plans, self.starts, strict=True):
+            idx = [] if plan is None else (plan[k] + start).tolist()
+            rows.append(idx + [self.pad_row] * (self.width - len(idx)))
+            weights.append([1.0] * len(idx) + [0.0] * (self.width - len(idx)))
+        index = torch.tensor(rows, device=self.x.device)
+        w = torch.tensor(weights, device=self.x.device)
+        return self.x[index], self.y[index], w
+
+    def _step_augmented(self, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        ref = next(s for s in self.slots if s is not None)[0]
+        xs, ys, ws = [], [], []
+        for slot, plan in zip(self.slots, self.plans, strict=True):
+            idx = torch.zeros(0, dtype=torch.long) if slot is None or plan is None else plan[k]
+            x = ref.x.new_zeros((0, *ref.x.shape[1:])) if slot is None else slot[0].x[idx]
+            if slot is not None and slot[0].augment is not None:
+                x = slot[0].augment(x, slot[1])
+            y = ref.y.new_zeros(0) if slot is None else slot[0].y[idx]
+            pad = self.width - len(idx)
+            xs.append(torch.cat([x, x.new_zeros((pad, *x.shape[1:]))]))
+            ys.append(torch.cat([y, y.new_zeros(pad)]))
+            ws.append(torch.cat([torch.ones(len(idx)), torch.zeros(pad)]).to(ref.x.device))
+        return torch.stack(xs), torch.stack(ys), torch.stack(ws)
 
 
 def _cross_entropy_per_example(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -3,6 +3,8 @@ float rounding, and each slot's result independent of the rest of its stack (no 
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -60,6 +62,29 @@ def test_stacked_equals_one_at_a_time_sgd(task: Task) -> None:
         np.testing.assert_allclose(rows[i], expected[i], atol=2e-6, rtol=0)
         assert losses[i] == pytest.approx(expected_loss[i], rel=1e-5)
     assert not np.array_equal(rows[0], start)
+
+
+def test_augmented_minibatches_draw_from_each_job_generator_as_one_at_a_time() -> None:
+    def jitter(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return x + 0.1 * torch.randn(x.shape, generator=generator)
+
+    model, layout, start, clients = _setup()
+    clients = [dataclasses.replace(c, augment=jitter) for c in clients]
+    task = Task(steps=7, batch_size=8, lr=0.1)
+    expected = []
+    for i, data in enumerate(clients):
+        layout.load(model, start)
+        local_sgd(model, data, task, _gen(i))
+        expected.append(layout.flatten(model))
+    layout.load(model, start)
+    slots = [(d, _gen(i)) for i, d in enumerate(clients)]
+    rows = stacked_rows(model, layout.names, stacked_sgd(model, slots, task, 8)[0]).numpy()
+    np.testing.assert_allclose(rows, np.stack(expected), atol=2e-6, rtol=0)
+    # Without the augmentation the result differs: it really was applied.
+    plain = stacked_sgd(
+        model, [(dataclasses.replace(d, augment=None), _gen(i)) for i, d in enumerate(clients)], task, 8
+    )
+    assert not np.allclose(stacked_rows(model, layout.names, plain[0]).numpy(), rows, atol=1e-4)
 
 
 def test_a_slot_gives_the_same_bits_whoever_else_is_in_the_stack() -> None:
