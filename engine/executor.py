@@ -120,17 +120,42 @@ class JobOutput:
 
 @ray.remote
 class Executor:
-    def __init__(
-        self, spec: ExecutorSpec, dataset: Dataset, shards: ShardIndex, local_test: ShardIndex | None = None
-    ) -> None:
+    """Imports torch and picks its device; set up for a run at creation (``run``) or
+    later with ``setup``. It can be set up again for another run: a sweep's next trial
+    reuses the process, its torch import and its CUDA context (engine/tune.py)."""
+
+    def __init__(self, num_cpus: float, num_gpus: float, *run: Any) -> None:
         import torch
 
-        torch.set_num_threads(max(1, int(spec.num_cpus)))
         self.torch = torch
-        self.device = torch.device("cuda" if spec.num_gpus > 0 else "cpu")
+        self.device = torch.device("cuda" if num_gpus > 0 else "cpu")
         if self.device.type == "cuda":
             # A fractional GPU in Ray is only a scheduling label; cap memory for real.
-            torch.cuda.set_per_process_memory_fraction(min(1.0, spec.num_gpus), self.device)
+            torch.cuda.set_per_process_memory_fraction(min(1.0, num_gpus), self.device)
+        self._queue: list[
+            tuple[float, int, JobSpec, np.ndarray, asyncio.Future[tuple[JobSpec, JobOutput]]]
+        ] = []
+        self._worker: asyncio.Future[None] | None = None
+        if run:  # in the constructor, so that no call can come before it (unlike a method)
+            self._setup(*run)
+
+    async def setup(
+        self, spec: ExecutorSpec, dataset: Dataset, shards: ShardIndex, local_test: ShardIndex | None = None
+    ) -> dict[str, Any]:
+        """Take on another run (see ``_setup``); the caller awaits it before any other call."""
+        self._setup(spec, dataset, shards, local_test)
+        return await self.ready()
+
+    def _setup(
+        self, spec: ExecutorSpec, dataset: Dataset, shards: ShardIndex, local_test: ShardIndex | None
+    ) -> None:
+        """A run's data, workload, algorithm and seeded model. Jobs a previous run left
+        queued are dropped (that run is over)."""
+        torch = self.torch
+        for *_, fut in self._queue:
+            fut.cancel()
+        self._queue = []
+        torch.set_num_threads(max(1, int(spec.num_cpus)))
         self.spec = spec
         self.dataset = dataset
         self.shards = shards
@@ -143,10 +168,6 @@ class Executor:
         self.local_test = local_test
         self._test: dict[str, tuple[Any, Any]] = {}  # evaluation sets as tensors, made on first use
         self._train_x = self._cache_on_device()
-        self._queue: list[
-            tuple[float, int, JobSpec, np.ndarray, asyncio.Future[tuple[JobSpec, JobOutput]]]
-        ] = []
-        self._worker: asyncio.Future[None] | None = None
 
     async def ready(self) -> dict[str, Any]:
         return {
@@ -156,7 +177,7 @@ class Executor:
         }
 
     async def initial_params(self) -> np.ndarray:
-        """The seeded initial model (built in ``__init__``, identical on every executor)."""
+        """The seeded initial model (built in ``setup``, identical on every executor)."""
         return self.layout.flatten(self.model)
 
     async def run(self, jobs: list[JobSpec], *params: np.ndarray) -> AsyncIterator[list[JobOutput]]:

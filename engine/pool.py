@@ -61,6 +61,22 @@ class _Slot:
     actor: Any
     outstanding: int = 0  # jobs sent and not yet returned
     generation: int = 0  # bumped each time the executor is replaced
+    borrowed: bool = False  # handed in set up for another run before: not ours to kill
+
+
+def bare_executor(
+    num_cpus: float, num_gpus: float, name: str = "", where: Any = None, run: tuple[Any, ...] = ()
+) -> Any:
+    """A new executor actor, set up for ``run`` (spec, dataset, shards, local test splits),
+    or with nothing set up yet if it is empty (``Executor.setup`` gives it one)."""
+    options: dict[str, Any] = {"num_cpus": num_cpus, "num_gpus": num_gpus}
+    options["max_concurrency"] = 1000  # wall mode: many jobs may sleep out their padding at once
+    if name:
+        options["name"] = name
+    if where is not None:
+        options["scheduling_strategy"] = where
+    # The run's parts go as top-level arguments: Ray resolves object refs only there.
+    return Executor.options(**options).remote(num_cpus, num_gpus, *run)  # type: ignore[attr-defined]
 
 
 @dataclass
@@ -91,6 +107,7 @@ class ExecutorPool:
         max_batch: int,
         on_outputs: Callable[[list[JobOutput]], None],
         placement: Placement | None = None,
+        warm: list[Any] | None = None,
     ) -> None:
         self.run_id = run_id
         self.placement = placement
@@ -98,7 +115,10 @@ class ExecutorPool:
         self._args = data_refs  # (dataset, shards, local test splits or None), one object each
         self.max_batch = max_batch
         self.on_outputs = on_outputs
-        self.slots = [_Slot(i, self._create(i, 0)) for i in range(num)]
+        # warm: executors that outlive this run (a sweep's, reused trial after trial)
+        self.slots = [
+            _Slot(i, warm[i], borrowed=True) if warm else _Slot(i, self._create(i, 0)) for i in range(num)
+        ]
         self.queue: list[_Queued] = []
         self.calls: set[Call] = set()
         self.replaced = 0
@@ -110,18 +130,23 @@ class ExecutorPool:
     def _create(self, index: int, generation: int) -> Any:
         name = f"fedray-{self.run_id}-executor-{index}" + (f".r{generation}" if generation else "")
         # A replacement goes to its predecessor's bundle: the dead actor's share is free again.
-        where = {} if self.placement is None else {"scheduling_strategy": self.placement.executor(index)}
-        return Executor.options(  # type: ignore[attr-defined]
-            name=name,
-            num_cpus=self.spec.num_cpus,
-            num_gpus=self.spec.num_gpus,
-            max_concurrency=1000,  # wall mode: many jobs may sleep out their padding at once
-            **where,
-        ).remote(self.spec, *self._args)
+        where = None if self.placement is None else self.placement.executor(index)
+        return bare_executor(self.spec.num_cpus, self.spec.num_gpus, name, where, (self.spec, *self._args))
 
     async def start(self) -> None:
         """Wait until every executor has imported torch and built its model."""
-        await asyncio.gather(*(s.actor.ready.remote() for s in self.slots))
+
+        async def one(slot: _Slot) -> None:
+            if not slot.borrowed:
+                await slot.actor.ready.remote()
+                return
+            try:
+                await slot.actor.setup.remote(self.spec, *self._args)
+            except EXECUTOR_LOST:  # a warm one that died between runs: start a new one
+                slot.actor, slot.borrowed = self._create(slot.index, 0), False
+                await slot.actor.ready.remote()
+
+        await asyncio.gather(*(one(s) for s in self.slots))
 
     async def initial_params(self) -> Any:
         return await self.slots[0].actor.initial_params.remote()
@@ -208,7 +233,7 @@ class ExecutorPool:
             return  # another failed call of the same executor already replaced it
         log.warning("executor %d died; its jobs are re-dispatched and a replacement starts", slot.index)
         slot.generation += 1
-        slot.actor = self._create(slot.index, slot.generation)
+        slot.actor, slot.borrowed = self._create(slot.index, slot.generation), False
         self.replaced += 1
 
     async def wait_any(self, timeout: float | None = None) -> None:
@@ -243,4 +268,5 @@ class ExecutorPool:
     def shutdown(self) -> None:
         self.closing = True
         for s in self.slots:
-            ray.kill(s.actor)
+            if not s.borrowed:  # warm executors stay up for their owner's next run
+                ray.kill(s.actor)

@@ -146,6 +146,7 @@ def run_experiment(
     write: bool = True,
     placement: Placement | None = None,
     resume: bytes | None = None,
+    executors: list[Any] | None = None,
 ) -> tuple[dict[str, Any], Path | None]:
     """Run ``cfg`` on the connected Ray; write its results; return (result, out_dir).
 
@@ -156,6 +157,8 @@ def run_experiment(
     group (a Tune trial's); the group reserved them, so the cluster is not checked.
     ``resume`` continues from a checkpoint (engine/checkpoint.py): with ``checkpoint.every``
     set, evaluation rows carry one under ``"checkpoint"`` (bytes) every that many versions.
+    ``executors``: executor actors (``engine.pool.bare_executor``) this run sets up and
+    uses instead of starting its own, and leaves running for the caller's next run.
     """
     import ray
     from tqdm import tqdm
@@ -170,10 +173,13 @@ def run_experiment(
         except ValueError as e:
             raise ConfigError(f"cannot resume: {e}") from None
     num = resolve_executors(cfg) if placement is None else placement.executors
+    if executors is not None and len(executors) != num:
+        raise ValueError(f"{len(executors)} executors handed in for a run of {num}")
     run_id = uuid.uuid4().hex[:8]
     out_dir = default_out_dir(cfg, f"{time.strftime('%Y%m%d-%H%M%S')}-{run_id[:4]}")
     where = {"scheduling_strategy": placement.server() if placement else _near_driver(cfg)}
-    server = Server.options(num_cpus=cfg.server.num_cpus, **where).remote(cfg, run_id, num, placement, resume)  # type: ignore[attr-defined]
+    args = (cfg, run_id, num, placement, resume, executors)
+    server = Server.options(num_cpus=cfg.server.num_cpus, **where).remote(*args)  # type: ignore[attr-defined]
     bar = tqdm(
         total=cfg.stop.max_versions or None, unit="version", disable=not show_progress, file=sys.stderr
     )

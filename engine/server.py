@@ -46,9 +46,11 @@ class Server:
         num_executors: int,
         placement: Placement | None = None,
         resume: bytes | None = None,
+        warm: list[Any] | None = None,
     ) -> None:
         self.cfg = cfg
         self.placement = placement  # a Tune trial's placement group: executors go to its bundles
+        self.warm = warm  # executors set up afresh for this run instead of started (a sweep's)
         self.run_id = run_id
         self.num_executors = num_executors
         self.resume = checkpoint.load(resume, cfg) if resume is not None else None
@@ -87,6 +89,7 @@ class Server:
             1 if wall else cfg.executors.max_batch,
             self._on_outputs,
             placement=self.placement,
+            warm=self.warm,
         )
         self.progress_info["phase"] = "starting executors"
         await self.pool.start()

@@ -153,8 +153,31 @@ def trial(config: dict[str, Any], sweep: Sweep) -> None:
     placement = None if group is None else Placement(group, cfg.executors.num)
     resume, version = resume_point()
     reporter = Reporter(cfg, resumed_at=version, every_report=sweep.settings.scheduler == "pbt")
-    result, _ = run_experiment(cfg, on_evaluation=reporter.evaluation, placement=placement, resume=resume)
+    warm = warm_executors(cfg, placement)
+    result, _ = run_experiment(
+        cfg, on_evaluation=reporter.evaluation, placement=placement, resume=resume, executors=warm
+    )
     reporter.final(result["summary"])
+
+
+# This trial process's executors, by placement group. Tune reuses the process and its group
+# for the next trial (reuse_actors), and so does the engine with the executors: set up for
+# each run, they keep their process, torch import and CUDA context. They die with the process.
+_WARM: dict[tuple[str, int], list[Any]] = {}
+
+
+def warm_executors(cfg: Config, placement: Any) -> list[Any] | None:
+    from engine.pool import bare_executor
+
+    if placement is None:
+        return None
+    key = (placement.group.id.hex(), placement.executors)
+    if key not in _WARM:
+        _WARM.clear()  # another group: the old one's bundles are gone, and its executors with them
+        ex = cfg.executors
+        where = [placement.executor(i) for i in range(placement.executors)]
+        _WARM[key] = [bare_executor(ex.num_cpus, ex.num_gpus, where=w) for w in where]
+    return _WARM[key]
 
 
 def check_fits(sweep: Sweep) -> None:

@@ -204,11 +204,13 @@ space:
     # Tune reuses it and its group for the next trial, so two trials may share a group).
     new = [a for a in actors() if a["id"] not in before]
     placed = [(a["cls"], a["group"], a["bundle"]) for a in new if a["cls"] in ("Server", "Executor")]
-    # Two trials; an executor killed with a stopped trial's group may have had a replacement.
     servers = [g for c, g, _ in placed if c == "Server"]
     assert len(servers) == 2
     assert {(c, b) for c, _, b in placed} == {("Server", 1), ("Executor", 2)}
     assert {g for _, g, _ in placed} == set(servers)  # executors sit in the trials' groups
+    # One server per trial, but one executor for both: the trial process set its executor
+    # up again for the second trial instead of starting another (and importing torch again).
+    assert [c for c, _, _ in placed].count("Executor") == 1
 
 
 @pytest.mark.usefixtures("ray_local")
