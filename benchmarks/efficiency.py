@@ -15,9 +15,7 @@ side by side. Plain and engine runs alternate. Efficiency = engine / plain. Targ
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import statistics
-import time
 from typing import Any
 
 from benchmarks._common import (
@@ -30,7 +28,9 @@ from benchmarks._common import (
     table,
     write_json,
 )
+from benchmarks._plain import PlainLoop
 from engine.results import EVENTS_COLUMNS
+from workloads.shapes import Shapes, ShapesParams
 
 TARGET = 0.9
 BATCH = 32
@@ -78,56 +78,9 @@ def engine_throughput(size: dict[str, int], executors: int, cpus: int) -> dict[s
     }
 
 
-def plain_loop(size: dict[str, int], steps: int, threads: int, barrier: Any = None) -> float:
-    """Seconds for ``steps`` SGD steps at batch 32 (after 10 warm-up steps), no Ray."""
-    import torch
-
-    from workloads import DatasetMeta
-    from workloads.shapes import Shapes, ShapesParams
-
-    torch.set_num_threads(threads)
+def plain_baseline(size: dict[str, int]) -> PlainLoop:
     workload = Shapes(ShapesParams(train_samples=size["clients"] * 192, test_samples=500))
-    ds = workload.load(size["clients"], SEED)  # the engine's data: same generator, same seed
-    torch.manual_seed(SEED)
-    model = workload.model(DatasetMeta.of(ds))
-    x, y = workload.to_tensor(ds.x_train), torch.from_numpy(ds.y_train)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    gen = torch.Generator().manual_seed(SEED)
-    model.train()
-
-    def train(n: int) -> None:
-        batches: list[Any] = []
-        for _ in range(n):
-            if not batches:
-                batches = list(torch.randperm(len(y), generator=gen).split(BATCH))[::-1]
-            idx = batches.pop()
-            opt.zero_grad(set_to_none=True)
-            workload.loss(model(x[idx]), y[idx]).backward()
-            opt.step()
-
-    train(10)
-    if barrier is not None:
-        barrier.wait()
-    t0 = time.perf_counter()
-    train(steps)
-    return time.perf_counter() - t0
-
-
-def _worker(size: dict[str, int], steps: int, barrier: Any, out: Any) -> None:
-    out.put(plain_loop(size, steps, 1, barrier))
-
-
-def plain_two_processes(size: dict[str, int], steps: int) -> float:
-    """Samples/s of two 1-thread loops side by side, each doing half the steps."""
-    ctx = mp.get_context("spawn")
-    barrier, out = ctx.Barrier(2), ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(size, steps // 2, barrier, out)) for _ in range(2)]
-    for p in procs:
-        p.start()
-    seconds = max(out.get() for _ in procs)
-    for p in procs:
-        p.join()
-    return 2 * (steps // 2) * BATCH / seconds
+    return PlainLoop(workload, size["clients"], BATCH, lr=0.05, seed=SEED)
 
 
 def _range(values: list[float]) -> str:
@@ -148,8 +101,8 @@ def main() -> None:
     plain: dict[str, list[float]] = {"1 process x 2 threads": [], "2 processes x 1 thread": []}
     with local_ray(2):
         for _ in range(args.repeats):  # interleaved, so drifts in machine load hit every setup alike
-            plain["1 process x 2 threads"].append(steps * BATCH / plain_loop(size, steps, 2))
-            plain["2 processes x 1 thread"].append(plain_two_processes(size, steps))
+            plain["1 process x 2 threads"].append(plain_baseline(size).samples_per_s(steps, 2))
+            plain["2 processes x 1 thread"].append(plain_baseline(size).two_processes_samples_per_s(steps))
             for n, c in setups:
                 engine[f"{n}x{c}"].append(engine_throughput(size, n, c))
     med = {k: statistics.median(v) for k, v in plain.items()}

@@ -21,10 +21,8 @@ Extra ``key=value`` arguments are engine overrides, applied after the benchmark'
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import statistics
 import sys
-import time
 from typing import Any
 
 from benchmarks._common import (
@@ -37,8 +35,10 @@ from benchmarks._common import (
     table,
     write_json,
 )
+from benchmarks._plain import PlainLoop
 from engine.config import ConfigError
 from engine.results import EVENTS_COLUMNS
+from workloads.shapes import Shapes, ShapesParams
 
 TARGET = 0.9
 BATCH = 10  # pfl-research's local_batch_size
@@ -99,14 +99,7 @@ def engine_throughput(size: dict[str, int], overrides: list[str]) -> dict[str, A
     }
 
 
-def plain_loop(size: dict[str, int], steps: int, threads: int, barrier: Any = None) -> float:
-    """Seconds for ``steps`` SGD steps at batch 10 (after 10 warm-up steps), no Ray."""
-    import torch
-
-    from workloads import DatasetMeta
-    from workloads.shapes import Shapes, ShapesParams
-
-    torch.set_num_threads(threads)
+def plain_baseline(size: dict[str, int]) -> PlainLoop:
     params = ShapesParams(
         train_samples=size["clients"] * PER_CLIENT,
         test_samples=size["test"],
@@ -114,48 +107,7 @@ def plain_loop(size: dict[str, int], steps: int, threads: int, barrier: Any = No
         channels=3,
         model="cifar_cnn",
     )
-    workload = Shapes(params)
-    ds = workload.load(size["clients"], SEED)  # the engine's data: same generator, same seed
-    torch.manual_seed(SEED)
-    model = workload.model(DatasetMeta.of(ds))
-    x, y = workload.to_tensor(ds.x_train), torch.from_numpy(ds.y_train)
-    opt = torch.optim.SGD(model.parameters(), lr=LOCAL_LR)
-    gen = torch.Generator().manual_seed(SEED)
-    model.train()
-
-    def train(n: int) -> None:
-        batches: list[Any] = []
-        for _ in range(n):
-            if not batches:
-                batches = list(torch.randperm(len(y), generator=gen).split(BATCH))[::-1]
-            idx = batches.pop()
-            opt.zero_grad(set_to_none=True)
-            workload.loss(model(x[idx]), y[idx]).backward()
-            opt.step()
-
-    train(10)
-    if barrier is not None:
-        barrier.wait()
-    t0 = time.perf_counter()
-    train(steps)
-    return time.perf_counter() - t0
-
-
-def _worker(size: dict[str, int], steps: int, barrier: Any, out: Any) -> None:
-    out.put(plain_loop(size, steps, 1, barrier))
-
-
-def plain_two_processes(size: dict[str, int], steps: int) -> float:
-    """Samples/s of two 1-thread loops side by side, each doing half the steps."""
-    ctx = mp.get_context("spawn")
-    barrier, out = ctx.Barrier(2), ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(size, steps // 2, barrier, out)) for _ in range(2)]
-    for p in procs:
-        p.start()
-    seconds = max(out.get() for _ in procs)
-    for p in procs:
-        p.join()
-    return 2 * (steps // 2) * BATCH / seconds
+    return PlainLoop(Shapes(params), size["clients"], BATCH, lr=LOCAL_LR, seed=SEED)
 
 
 def _range(values: list[float]) -> str:
@@ -182,8 +134,8 @@ def main() -> None:
     plain: dict[str, list[float]] = {"1 process x 2 threads": [], "2 processes x 1 thread": []}
     with local_ray(2):
         for _ in range(args.repeats):  # interleaved, so drifts in machine load hit every setup alike
-            plain["1 process x 2 threads"].append(steps * BATCH / plain_loop(size, steps, 2))
-            plain["2 processes x 1 thread"].append(plain_two_processes(size, steps))
+            plain["1 process x 2 threads"].append(plain_baseline(size).samples_per_s(steps, 2))
+            plain["2 processes x 1 thread"].append(plain_baseline(size).two_processes_samples_per_s(steps))
             runs.append(engine_throughput(size, overrides))
     med = {k: statistics.median(v) for k, v in plain.items()}
     base, best = med["1 process x 2 threads"], max(med.values())
