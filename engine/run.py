@@ -209,6 +209,8 @@ def run_experiment(
                 }
                 bar.set_postfix(post, refresh=False)
         result = ray.get(ref)
+        if "config_error" in result:
+            raise ConfigError(result["config_error"])
         evaluations()
         bar.update(max(0, result["summary"]["versions"] - bar.n))
     finally:
@@ -262,9 +264,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fedray: error: {e}", file=sys.stderr)
         return 2
     except ray.exceptions.RayTaskError as e:
-        if isinstance(e.cause, ConfigError):  # found by the server, once it had the data
-            print(f"fedray: error: {e.cause}", file=sys.stderr)
-            return 2
         print(f"fedray: the run failed: {e.cause!r}", file=sys.stderr)
         return 1
     finally:

@@ -25,7 +25,7 @@ from algorithms import ALGORITHMS
 from algorithms.base import Update
 from engine import checkpoint
 from engine.clock import EventQueue, Priority
-from engine.config import Config
+from engine.config import Config, ConfigError
 from engine.data import load_data
 from engine.delays import DelayModel
 from engine.executor import ExecutorSpec, JobOutput, JobSpec
@@ -73,7 +73,10 @@ class Server:
         cfg = self.cfg
         self.wall_start = time.time()
         self.progress_info["phase"] = "loading data"
-        dataset, shards, local_test, step = load_data(cfg)
+        try:
+            dataset, shards, local_test, step = load_data(cfg)
+        except ConfigError as e:  # found once the data is there: back as data, for one clean line
+            return {"config_error": str(e)}
         self.sizes = shards.sizes
         self.algorithm = ALGORITHMS[cfg.algorithm.name](
             cfg.algorithm.params, cfg.training, self.sizes, cfg.server.cost, step
