@@ -62,13 +62,12 @@ class LocalTraining:
         """Client ``client``'s batch size (0 means full batch)."""
         return self.batch_sizes[client % len(self.batch_sizes)] if self.batch_sizes else self.batch_size
 
-    def steps_for(self, num_samples: int, batch_size: int | None = None) -> int:
-        """Local steps a client with ``num_samples`` examples runs for one job, at
-        ``batch_size`` (default: ``self.batch_size``)."""
+    def steps_for(self, num_samples: int, batch_size: int) -> int:
+        """Local steps a client with ``num_samples`` examples runs for one job at
+        ``batch_size`` (its ``batch_size_of``)."""
         if self.epochs <= 0:
             return self.local_steps
-        b = self.batch_size if batch_size is None else batch_size
-        batch = num_samples if b == 0 else min(b, num_samples)
+        batch = num_samples if batch_size == 0 else min(batch_size, num_samples)
         return max(1, math.ceil(self.epochs * num_samples / max(1, batch)))
 
 

@@ -121,11 +121,9 @@ class _Batches:
         self.plans = [
             None if s is None else batch_indices(len(s[0]), task.steps, task.batch_size, s[1]) for s in slots
         ]
-        for plan in self.plans:
-            if plan is not None and max(len(i) for i in plan) > width:
-                raise ValueError(
-                    f"a minibatch of {max(len(i) for i in plan)} exceeds the stack's width {width}"
-                )
+        largest = max(len(i) for plan in self.plans if plan is not None for i in plan)
+        if largest > width:
+            raise ValueError(f"a minibatch of {largest} exceeds the stack's width {width}")
         self.width = width
         ref = next(s for s in slots if s is not None)[0]
         self.augmented = any(s is not None and s[0].augment is not None for s in slots)

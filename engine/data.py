@@ -44,12 +44,9 @@ def load_data(cfg: Config) -> tuple[Dataset, ShardIndex, ShardIndex | None, Serv
 def check_stackable(cfg: Config, workload: Workload, dataset: Dataset) -> None:
     """executors.stack needs a model of linear layers (algorithms/stacked.py): say so
     before any job runs, naming what is in the way."""
-    import torch
-
     from algorithms.stacked import unstackable_layers
     from engine.config import ConfigError
 
-    torch.manual_seed(0)
     others = unstackable_layers(workload.model(DatasetMeta.of(dataset)))
     if others:
         raise ConfigError(

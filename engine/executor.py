@@ -283,7 +283,7 @@ class Executor:
         outs = []
         for *_, job, start, _fut in batch:
             delta = np.subtract(start, rows[job.stack.slot], dtype=np.float32)
-            n = int(self.shards.sizes[job.client])
+            n = len(slots[job.stack.slot][0])  # the shard's size (ShardIndex.sizes diffs them all)
             metrics = {"train_loss": losses[job.stack.slot]}
             outs.append(JobOutput(job.uid, delta, n, int(delta.nbytes), job.client_state, metrics))
         return outs
@@ -291,7 +291,6 @@ class Executor:
     def _run_one(self, job: JobSpec, start: np.ndarray) -> JobOutput:
         torch = self.torch
         data, generator = self._client_data(job)
-        idx = self.shards.shard(job.client)
         self.layout.load(self.model, start)
         # Dropout draws from torch's global generator: key it per job too, so a result does
         # not depend on the jobs this executor happened to run before.
@@ -299,7 +298,7 @@ class Executor:
         result = self.algorithm.client_update(self.model, data, job.task, job.client_state, generator)
         end = self.layout.flatten(self.model)
         delta = np.subtract(start, end, dtype=np.float32)
-        return JobOutput(job.uid, delta, len(idx), int(delta.nbytes), result.client_state, result.metrics)
+        return JobOutput(job.uid, delta, len(data), int(delta.nbytes), result.client_state, result.metrics)
 
     async def evaluate(self, params: np.ndarray) -> dict[str, float]:
         """Metrics of ``params`` on the global test set (accuracy, loss) and, with local
