@@ -75,7 +75,7 @@ def weighted_average(deltas: Sequence[np.ndarray], weights: Sequence[float]) -> 
     return weighted_sum(deltas, (w / w.sum()).tolist())
 
 
-def server_step(model: np.ndarray, direction: np.ndarray, server_lr: float) -> np.ndarray:
+def descend(model: np.ndarray, direction: np.ndarray, server_lr: float) -> np.ndarray:
     """``x - server_lr * direction``: a new float32 array (the state's is never touched)."""
     step = np.asarray(model, dtype=np.float64) - server_lr * np.asarray(direction, dtype=np.float64)
     return step.astype(np.float32)

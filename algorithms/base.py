@@ -4,11 +4,19 @@ An algorithm never sees Ray, wall clocks or scheduled finish times. The engine c
 it in virtual-time order with what has happened so far (no clairvoyance):
 
 * ``init(model)`` -> state
-* ``jobs(state, now, idle, rng)`` -> (state, jobs to dispatch now)
+* ``jobs(state, now, idle, rng)`` -> (state, jobs to dispatch now); a job may state its
+  own cost (``JobCost``: bytes, share of the compute, blocking round trips)
 * ``on_update(state, update, now)`` -> state (a new global version when it aggregates)
 * ``on_drop(state, client, now)`` -> state (a job produced no update: client unavailable)
 * ``discard(state)`` -> (state, clients whose in-flight jobs the algorithm no longer wants)
 * ``next_timer(state)`` / ``on_timer(state, now)`` for algorithms with deadlines or windows
+* ``server_jobs(state)`` -> (state, server work to run) / ``on_server_job(state, job,
+  model, now)``: the server's own work (aggregation time, fine-tuning) as jobs with a
+  virtual duration on the engine's server queue
+
+Client side (on an executor): ``client_update`` trains the model; ``encode`` turns the
+update into the payload that is uploaded (a dense delta by default; codecs send less), and
+``decode`` (server side) turns it back into the delta the algorithm aggregates.
 
 State is an explicit frozen dataclass holding at least ``model`` (the flat float32
 parameter vector) and ``version`` (bumped by one at every server update), so that
@@ -18,77 +26,51 @@ checkpointing is serialising it. Arrays in a state are never modified in place.
 from __future__ import annotations
 
 import dataclasses
-import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 import numpy as np
 
+from algorithms.task import LocalTraining, Task
+
 if TYPE_CHECKING:
     import torch
 
-    from algorithms.client import ClientData
+    from engine.worker.training import ClientData
+
+__all__ = ["Algorithm", "Job", "JobCost", "LocalTraining", "Payload", "ServerJob", "Task", "Update"]
+
+# What a client uploads: named arrays, exactly what crosses the network (a dense delta, or
+# e.g. indices and values of a sparsified one). Its size is the sum of the arrays' bytes.
+Payload = Mapping[str, np.ndarray]
+
+
+def payload_bytes(payload: Payload) -> int:
+    return int(sum(a.nbytes for a in payload.values()))
 
 
 @dataclass(frozen=True)
-class LocalTraining:
-    """How clients train locally (config section ``training``).
+class JobCost:
+    """What one job costs beyond its compute, as the job states it; the delay model
+    charges exactly this. The defaults are a plain FL job: the whole model down, the real
+    encoded payload up, the full model's compute, no exchange while it runs."""
 
-    ``batch_sizes`` gives clients different batch sizes (devices with more or less
-    memory): client ``i`` uses ``batch_sizes[i % len(batch_sizes)]``, so each size serves
-    an equal share of clients. Client ids carry no other meaning (speeds and shards are
-    drawn independently of them), so this split is as good as a random one and needs no
-    stream. Empty: every client uses ``batch_size``. A client's compute time follows its
-    own batch, since virtual time is charged per example (``Task.samples``).
-    """
-
-    local_steps: int = 10
-    epochs: float = 0.0  # > 0 overrides local_steps: ceil(epochs * shard / batch) steps
-    batch_size: int = 32  # 0 means full batch
-    batch_sizes: tuple[int, ...] = ()  # per-client batch sizes, round-robin by client id
-    lr: float = 0.05
-    momentum: float = 0.0
-    weight_decay: float = 0.0
+    bytes_down: int | None = None  # None: the whole global model
+    bytes_up: int | None = None  # None: the payload's real size, reported by the executor
+    compute_fraction: float = 1.0  # share of the full model's compute (sub-models, partial training)
+    round_trips: int = 0  # blocking exchanges during the job (e.g. per-step activations)
+    round_trip_bytes_up: int = 0  # per exchange
+    round_trip_bytes_down: int = 0  # per exchange
+    server_seconds: float = 0.0  # server-side compute the job waits for (per job, in total)
 
     def __post_init__(self) -> None:
-        if self.batch_size < 0:
-            raise ValueError(f"batch_size must be >= 0, 0 meaning full batch (got {self.batch_size})")
-        if any(b < 0 for b in self.batch_sizes):
-            sizes = list(self.batch_sizes)
-            raise ValueError(f"batch_sizes must all be >= 0, 0 meaning full batch (got {sizes})")
-
-    def batch_size_of(self, client: int) -> int:
-        """Client ``client``'s batch size (0 means full batch)."""
-        return self.batch_sizes[client % len(self.batch_sizes)] if self.batch_sizes else self.batch_size
-
-    def steps_for(self, num_samples: int, batch_size: int) -> int:
-        """Local steps a client with ``num_samples`` examples runs for one job at
-        ``batch_size`` (its ``batch_size_of``)."""
-        if self.epochs <= 0:
-            return self.local_steps
-        batch = num_samples if batch_size == 0 else min(batch_size, num_samples)
-        return max(1, math.ceil(self.epochs * num_samples / max(1, batch)))
-
-
-@dataclass(frozen=True)
-class Task:
-    """What one client job computes; travels to the executor with the job."""
-
-    steps: int
-    batch_size: int  # 0 means full batch
-    lr: float
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    prox_mu: float = 0.0  # FedProx proximal term; 0 is plain local SGD
-
-    def samples(self, shard_size: int) -> int:
-        """Examples processed by the job: drives its virtual compute time. An epoch is
-        ``ceil(n / batch)`` steps with a short last batch (``client.batch_indices``)."""
-        if self.batch_size == 0 or self.batch_size >= shard_size:
-            return self.steps * shard_size
-        epochs, rest = divmod(self.steps, math.ceil(shard_size / self.batch_size))
-        return epochs * shard_size + rest * self.batch_size
+        for name in ("round_trips", "round_trip_bytes_up", "round_trip_bytes_down", "server_seconds"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"JobCost.{name} must be >= 0 (got {getattr(self, name)})")
+        if not 0 < self.compute_fraction <= 1:
+            raise ValueError(f"JobCost.compute_fraction must be in (0, 1] (got {self.compute_fraction})")
 
 
 @dataclass(frozen=True)
@@ -99,21 +81,24 @@ class Job:
     # ``quorum`` arrivals will be used (over-selection). The engine may then hold back
     # the rest and never compute them if ``discard`` drops them first.
     quorum: int = 0
+    cost: JobCost = field(default_factory=JobCost)
 
 
 @dataclass(frozen=True)
 class ServerCost:
     """The server's own compute time per aggregation (config section ``server``), so that
     a synchronous round costs slowest client + aggregation, and algorithms that overlap
-    aggregation with client work (PFL) can show it."""
+    aggregation with client work (PFL) can show it. ``finetune`` says the engine fine-tunes
+    every aggregate on server data (engine/worker/finetune.py) for ``finetune_seconds``."""
 
     seconds_per_aggregation: float = 0.0
     seconds_per_update: float = 0.0  # per update aggregated
     seconds_per_mb: float = 0.0  # per MB of updates aggregated
-    step_seconds: float = 0.0  # the optional server step after each aggregation (ServerStep)
+    finetune_seconds: float = 0.0  # the server fine-tuning after each aggregation
+    finetune: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("seconds_per_aggregation", "seconds_per_update", "seconds_per_mb", "step_seconds"):
+        for name in ("seconds_per_aggregation", "seconds_per_update", "seconds_per_mb", "finetune_seconds"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 (got {getattr(self, name)})")
 
@@ -126,16 +111,21 @@ class ServerCost:
             self.seconds_per_aggregation
             + self.seconds_per_update * num_updates
             + self.seconds_per_mb * num_updates * update_bytes / 1e6
-            + self.step_seconds
+            + self.finetune_seconds
         )
 
 
-class ServerStep(Protocol):
-    """An optional server-side step on every new aggregate before it is published (e.g.
-    fine-tuning on a server dataset): ``(aggregate, version it becomes) -> model``. Its
-    virtual duration is ``ServerCost.step_seconds``; the engine provides it."""
+@dataclass(frozen=True, eq=False)
+class ServerJob:
+    """Server-side work an algorithm asks for: it occupies the server for ``seconds`` of
+    virtual time (queued behind other server work), and with ``finetune`` the engine also
+    fine-tunes ``model`` on the server's data on the executor pool. The result comes back
+    through ``on_server_job`` at the job's finish time: ``model``, fine-tuned if asked."""
 
-    def __call__(self, model: np.ndarray, version: int) -> np.ndarray: ...
+    key: int  # the algorithm's name for it (e.g. the version the aggregate becomes)
+    seconds: float
+    model: np.ndarray
+    finetune: bool = False
 
 
 @dataclass(frozen=True)
@@ -143,10 +133,11 @@ class Update:
     """A finished client job, handed to the algorithm in virtual-time order."""
 
     client: int
-    delta: np.ndarray  # pseudo-gradient x^tau - y, float32, read-only
+    delta: np.ndarray  # pseudo-gradient x^tau - y, float32, read-only (the decoded payload)
     num_samples: int  # size of the client's training shard
     version_start: int  # tau: the global version the job started from
     base: np.ndarray  # x^tau itself (read-only), for rules that mix with the stale base
+    payload: Payload = field(default_factory=dict)  # what was uploaded, as encoded
 
 
 @dataclass(frozen=True)
@@ -196,17 +187,22 @@ class Algorithm(ABC, Generic[StateT]):
         training: LocalTraining,
         client_sizes: np.ndarray,
         server_cost: ServerCost | None = None,
-        server_step: ServerStep | None = None,
     ) -> None:
         self.params = params
         self.training = training
         self.client_sizes = np.asarray(client_sizes, dtype=np.int64)
         self.server_cost = server_cost or ServerCost()
-        self.server_step = server_step
 
-    def refine(self, model: np.ndarray, version: int) -> np.ndarray:
-        """``model`` after the server step, if one is configured (see ServerStep)."""
-        return model if self.server_step is None else self.server_step(model, version)
+    def aggregation_job(
+        self, key: int, model: np.ndarray, num_updates: int, update_bytes: int
+    ) -> ServerJob | None:
+        """The server work that turns an aggregate into version ``key``: its aggregation
+        time and, if configured, fine-tuning; None when it costs nothing (publish at once)."""
+        cost = self.server_cost
+        seconds = cost.aggregation_time(num_updates, update_bytes)
+        if seconds <= 0 and not cost.finetune:
+            return None
+        return ServerJob(key, seconds, model, finetune=cost.finetune)
 
     @property
     def num_clients(self) -> int:
@@ -256,6 +252,15 @@ class Algorithm(ABC, Generic[StateT]):
     def on_timer(self, state: StateT, now: float) -> StateT:
         return state
 
+    def server_jobs(self, state: StateT) -> tuple[StateT, list[ServerJob]]:
+        """Server work to start now (called after each instant's dispatch); each comes
+        back through ``on_server_job`` when it ends."""
+        return state, []
+
+    def on_server_job(self, state: StateT, job: ServerJob, model: np.ndarray, now: float) -> StateT:
+        """``job`` ended at ``now``; ``model`` is its model, fine-tuned if it asked."""
+        raise TypeError(f"{self.name} asked for no server work")
+
     def stats(self, state: StateT) -> dict[str, float]:
         """Algorithm-specific numbers for the progress bar and summary."""
         return {}
@@ -270,7 +275,16 @@ class Algorithm(ABC, Generic[StateT]):
         generator: torch.Generator,
     ) -> ClientResult:
         """Train ``model`` in place from the global version it was loaded with."""
-        from algorithms.client import local_sgd
+        from engine.worker.training import local_sgd
 
         loss = local_sgd(model, data, task, generator)
         return ClientResult(client_state=client_state, metrics={"train_loss": loss})
+
+    def encode(self, delta: np.ndarray, client_state: Any, rng: np.random.Generator) -> tuple[Payload, Any]:
+        """The upload for ``delta`` (on the executor), and the client state after it
+        (e.g. an error-feedback residual). ``rng`` is the job's keyed stream."""
+        return {"delta": delta}, client_state
+
+    def decode(self, payload: Payload, client: int) -> np.ndarray:
+        """The delta an upload stands for (on the server)."""
+        return payload["delta"]

@@ -16,8 +16,9 @@ Synchronous FL under stragglers (time-models.md §5):
   ``ceil(over_selection * clients_per_round)`` clients as one quorum of
   ``clients_per_round``; the first that many arrivals are aggregated, the rest discarded.
   The engine, not the algorithm, knows who is fastest, and never computes the others.
-* The server's own time (``server_cost``): the version appears, and the next round is
-  dispatched, when the aggregation ends, so a round costs slowest client + aggregation.
+* The server's own time (``server_cost``): the aggregate goes to the server as a server
+  job (its aggregation time, plus fine-tuning if configured); the version appears, and the
+  next round is dispatched, when that job ends, so a round costs slowest client + aggregation.
 
 FedAvgM, FedAdagrad, FedAdam and FedYogi are presets of this class (end of the file).
 """
@@ -31,7 +32,7 @@ from typing import ClassVar
 import numpy as np
 
 from algorithms.aggregation import check_choice, release, weighted_average
-from algorithms.base import Algorithm, Job, Task, Update, sample_clients
+from algorithms.base import Algorithm, Job, ServerJob, Task, Update, sample_clients
 from algorithms.server_opt import ServerOptParams, ServerOptState
 
 WEIGHTINGS = ("samples", "uniform")
@@ -71,7 +72,8 @@ class FedAvgState:
     dropped: int = 0  # jobs over the whole run that ended without an update
     quorum: int = 0  # arrivals that close the open round: clients_per_round, or all sampled if fewer
     round_start: float = 0.0  # dispatch time of the open round: its deadline counts from it
-    aggregating_until: float | None = None  # the server is aggregating ``received`` until then
+    aggregating: ServerJob | None = None  # the round's aggregate, on the server until its job ends
+    outbox: tuple[ServerJob, ...] = ()  # server work not yet handed to the engine
     unwanted: tuple[int, ...] = ()  # cut-off clients whose jobs ``discard`` hands the engine
     discarded: int = 0  # jobs cut off over the whole run (deadline passed, quorum full)
     opt: ServerOptState = field(default_factory=ServerOptState)
@@ -92,7 +94,7 @@ class FedAvg(Algorithm[FedAvgState]):
     def jobs(
         self, state: FedAvgState, now: float, idle: np.ndarray, rng: np.random.Generator
     ) -> tuple[FedAvgState, list[Job]]:
-        if state.pending or state.aggregating_until is not None:
+        if state.pending or state.aggregating is not None:
             return state, []  # synchronous: the next round starts only when this one is done
         chosen = [int(c) for c in sample_clients(rng, idle, self.params.sampled_per_round())]
         if not chosen:
@@ -127,15 +129,11 @@ class FedAvg(Algorithm[FedAvgState]):
         return replace(state, unwanted=()), list(state.unwanted)
 
     def next_timer(self, state: FedAvgState) -> float | None:
-        if state.aggregating_until is not None:
-            return state.aggregating_until
         if state.pending and self.params.deadline > 0:
             return state.round_start + self.params.deadline
         return None
 
     def on_timer(self, state: FedAvgState, now: float) -> FedAvgState:
-        if state.aggregating_until is not None:
-            return self._aggregate(state) if now >= state.aggregating_until else state
         if state.pending and self.params.deadline > 0 and now >= state.round_start + self.params.deadline:
             return self._close(state, now)
         return state
@@ -146,8 +144,8 @@ class FedAvg(Algorithm[FedAvgState]):
         return self._close(state, now)
 
     def _close(self, state: FedAvgState, now: float) -> FedAvgState:
-        """End the round: cut off whoever is still training, then aggregate, at once or,
-        when the server's aggregation takes time, at its end (a timer)."""
+        """End the round: cut off whoever is still training, then aggregate; the new
+        version appears at once or, when the server's work takes time, when it ends."""
         state = replace(
             state,
             pending=(),
@@ -156,12 +154,6 @@ class FedAvg(Algorithm[FedAvgState]):
         )
         if not state.received:  # everyone dropped or was late: no version
             return state
-        seconds = self.server_cost.aggregation_time(len(state.received), state.received[0].delta.nbytes)
-        if seconds > 0:
-            return replace(state, aggregating_until=now + seconds)
-        return self._aggregate(state)
-
-    def _aggregate(self, state: FedAvgState) -> FedAvgState:
         updates, p = state.received, self.params
         if p.weighting == "samples":
             weights = [float(u.num_samples) for u in updates]
@@ -169,14 +161,17 @@ class FedAvg(Algorithm[FedAvgState]):
             weights = [1.0] * len(updates)
         direction = weighted_average([u.delta for u in updates], weights)
         model, opt = p.server_update(state.model, direction, state.opt, p.server_lr)
-        return replace(
-            state,
-            model=self.refine(model, state.version + 1),
-            opt=opt,
-            version=state.version + 1,
-            received=(),
-            aggregating_until=None,
-        )
+        state = replace(state, opt=opt, received=())
+        job = self.aggregation_job(state.version + 1, model, len(updates), updates[0].delta.nbytes)
+        if job is None:
+            return replace(state, model=model, version=state.version + 1)
+        return replace(state, aggregating=job, outbox=(job,))
+
+    def server_jobs(self, state: FedAvgState) -> tuple[FedAvgState, list[ServerJob]]:
+        return (replace(state, outbox=()), list(state.outbox)) if state.outbox else (state, [])
+
+    def on_server_job(self, state: FedAvgState, job: ServerJob, model: np.ndarray, now: float) -> FedAvgState:
+        return replace(state, model=model, version=state.version + 1, aggregating=None)
 
     def stats(self, state: FedAvgState) -> dict[str, float]:
         out = {"dropped": float(state.dropped)}

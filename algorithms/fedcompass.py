@@ -34,7 +34,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from algorithms.aggregation import check_staleness, release, server_step, staleness_weight, weighted_sum
+from algorithms.aggregation import check_staleness, descend, release, staleness_weight, weighted_sum
 from algorithms.base import Algorithm, Job, Update
 from algorithms.compass_schedule import (
     ArrivalGroup,
@@ -245,7 +245,7 @@ class FedCompass(Algorithm[FedCompassState]):
         direction = weighted_sum([d for d, _ in entries], coeffs)
         return replace(
             state,
-            model=server_step(state.model, direction, 1.0),
+            model=descend(state.model, direction, 1.0),
             version=state.version + 1,
             applied=state.applied + len(entries),
             staleness_sum=state.staleness_sum + sum(stale),

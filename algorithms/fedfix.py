@@ -39,7 +39,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from algorithms.aggregation import check_choice, release, server_step, weighted_sum
+from algorithms.aggregation import check_choice, descend, release, weighted_sum
 from algorithms.base import Algorithm, Job, Update
 
 WEIGHTS = ("fedfix", "identical")
@@ -156,7 +156,7 @@ class FedFix(Algorithm[FedFixState]):
         stale = sum(state.version - w.version_start for w in window)
         return replace(
             state,
-            model=server_step(state.model, direction, self.params.server_lr),
+            model=descend(state.model, direction, self.params.server_lr),
             version=state.version + 1,
             contributions=(),  # the waiting clients are dispatched by jobs() right after
             applied=state.applied + len(window),

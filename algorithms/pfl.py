@@ -8,7 +8,7 @@ sent the global model that *already exists* (it excludes k's own upload) and tra
 while the server computes the next aggregate (the mean of all N slots, 1/N each as in
 ``Global_Node.processing``, or ``n_k / sum n`` with ``weighting`` "samples"). That
 aggregate becomes the global model ``server_cost.aggregation_time(N, model bytes)``
-later, as a timer event: the aggregation time hides behind client compute.
+later, when its server job ends: the aggregation time hides behind client compute.
 
 Time-driven scheduler (spec seed-methods.md §1, engine note): every node trains all the
 time (concurrency = all clients), gated by the token bound of ``Select_Node``: an idle
@@ -38,7 +38,7 @@ from typing import ClassVar
 import numpy as np
 
 from algorithms.aggregation import check_choice, release, weighted_average
-from algorithms.base import Algorithm, Job, Update
+from algorithms.base import Algorithm, Job, ServerJob, Update
 
 WEIGHTINGS = ("uniform", "samples")
 Slots = tuple[tuple[np.ndarray, ...], ...]
@@ -72,8 +72,8 @@ class PFLState:
     uploads: tuple[int, ...] = ()  # n_k
     in_flight: tuple[int, ...] = ()  # nodes training now (sorted)
     dirty: bool = False  # PFL: a slot changed since the last aggregation started
-    busy_until: float | None = None  # the running aggregation publishes then
-    next_model: np.ndarray | None = None  # its result, computed from the slots at its start
+    aggregating: ServerJob | None = None  # the running aggregation (from the slots at its start)
+    outbox: tuple[ServerJob, ...] = ()  # server work not yet handed to the engine
     server_busy: float = 0.0  # seconds the server spent aggregating
     dropped: int = 0  # jobs that ended without an update
 
@@ -93,11 +93,11 @@ class _PipelinedFL(Algorithm[PFLState]):
         self, state: PFLState, now: float, idle: np.ndarray, rng: np.random.Generator
     ) -> tuple[PFLState, list[Job]]:
         # Forks take the model that exists now. The aggregation starts here, not in
-        # on_update: the engine fires a timer due now before ``jobs``, so even a zero-cost
-        # aggregation started on upload would hand the uploader its own upload.
+        # on_update, and always as a server job (ending no earlier than now): even a
+        # zero-cost aggregation published on upload would hand the uploader its own upload.
         forks = self._forks(state, [int(k) for k in idle])
         state = replace(state, in_flight=tuple(sorted(state.in_flight + tuple(forks))))
-        if state.busy_until is None:
+        if state.aggregating is None:
             state = self._start_aggregation(state, now)
         return state, [Job(k, self.task_for(k)) for k in forks]
 
@@ -114,16 +114,12 @@ class _PipelinedFL(Algorithm[PFLState]):
     def on_drop(self, state: PFLState, client: int, now: float) -> PFLState:
         return replace(state, in_flight=release(state.in_flight, client), dropped=state.dropped + 1)
 
-    def next_timer(self, state: PFLState) -> float | None:
-        return state.busy_until
+    def server_jobs(self, state: PFLState) -> tuple[PFLState, list[ServerJob]]:
+        return (replace(state, outbox=()), list(state.outbox)) if state.outbox else (state, [])
 
-    def on_timer(self, state: PFLState, now: float) -> PFLState:
-        if state.next_model is None:
-            return state
+    def on_server_job(self, state: PFLState, job: ServerJob, model: np.ndarray, now: float) -> PFLState:
         # The aggregate is published; the next one (if any is due) starts in ``jobs``.
-        return replace(
-            state, model=state.next_model, version=state.version + 1, busy_until=None, next_model=None
-        )
+        return replace(state, model=model, version=state.version + 1, aggregating=None)
 
     def stats(self, state: PFLState) -> dict[str, float]:
         return {
@@ -159,12 +155,15 @@ class _PipelinedFL(Algorithm[PFLState]):
         else:
             weights = [1.0] * len(models)
         seconds = self.server_cost.aggregation_time(len(models), int(state.model.nbytes))
+        job = ServerJob(
+            state.version + 1, seconds, weighted_average(models, weights), self.server_cost.finetune
+        )
         return replace(
             state,
             slots=slots,
             dirty=False,
-            busy_until=now + seconds,
-            next_model=self.refine(weighted_average(models, weights), state.version + 1),
+            aggregating=job,
+            outbox=(job,),
             server_busy=state.server_busy + seconds,
         )
 

@@ -5,7 +5,7 @@ aggregate of the client updates as a gradient for a server optimizer. Every algo
 here that steps ``x <- x - server_lr * direction`` (FedAvg's round average, FedBuff's
 buffer flush) can use any rule below instead:
 
-* ``sgd``: ``x <- x - eta_g Delta``, the plain server step (``aggregation.server_step``).
+* ``sgd``: ``x <- x - eta_g Delta``, the plain descent (``aggregation.descend``).
 * ``avgm``: FedAvgM (Hsu, Qi, Brown 2019, arXiv 1909.06335), server momentum
   ``m <- beta1 m + Delta``; ``x <- x - eta_g m``.
 * ``adagrad`` / ``adam`` / ``yogi``: Reddi et al. Algorithm 2,
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from algorithms.aggregation import check_choice, server_step
+from algorithms.aggregation import check_choice, descend
 
 SERVER_OPTS = ("sgd", "avgm", "adagrad", "adam", "yogi")
 
@@ -95,7 +95,7 @@ def server_opt_update(
     check_choice("server_opt", rule, SERVER_OPTS)
     step = opt.step + 1
     if rule == "sgd":  # the pre-existing path, untouched: results stay bit-identical
-        return server_step(model, delta, lr), ServerOptState(step=step)
+        return descend(model, delta, lr), ServerOptState(step=step)
     x = np.asarray(model, dtype=np.float64)
     d = np.asarray(delta, dtype=np.float64)
     m_prev = 0.0 if opt.m is None else np.asarray(opt.m, dtype=np.float64)

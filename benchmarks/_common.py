@@ -52,7 +52,7 @@ def config(*overrides: str) -> Config:
 def run(cfg: Config) -> dict[str, Any]:
     """Run one experiment without writing files; return its result dict, plus under
     ``"cpu"`` the CPU seconds its Ray actors used during the loop, by actor class."""
-    from engine.run import run_experiment
+    from engine.experiment import run_experiment
 
     sampler = CpuSampler()
     base: dict[int, tuple[str, float]] = {}

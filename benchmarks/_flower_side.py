@@ -3,8 +3,8 @@
 
 It builds what the fedray side builds, from this repository's own code: the shapes images
 and their iid partition (``workloads``), the seeded initial CNN (``workloads.shapes`` and
-``engine.rng``, both free of Ray), and every client call trains with fedray's local SGD
-(``algorithms.client.local_sgd``, same minibatch order for the same seeds). Then it runs
+``engine.core.rng``, both free of Ray), and every client call trains with fedray's local SGD
+(``engine.worker.training.local_sgd``, same minibatch order for the same seeds). Then it runs
 Flower's simulation engine (``flwr.simulation.run_simulation`` with a ``ServerApp`` using
 ``flwr.serverapp.strategy.FedAvg`` and a ``ClientApp``) on a local Ray with the given CPUs,
 one CPU per client actor, and writes its timings and accuracies as JSON.
@@ -46,7 +46,7 @@ def _spec() -> dict[str, Any]:
 
 
 class _Data:
-    """The shapes dataset and its partition, as fedray's ``engine.data.load_data`` builds
+    """The shapes dataset and its partition, as fedray's ``engine.worker.data.load_data`` builds
     them (generated in the driver, saved to an .npz that every actor loads once)."""
 
     def __init__(self, spec: dict[str, Any], npz: str | None = None) -> None:
@@ -96,7 +96,7 @@ class _Data:
         """fedray's initial model: the workload's CNN after torch.manual_seed(int_seed(seed, "init"))."""
         import torch
 
-        from engine.rng import int_seed
+        from engine.core.rng import int_seed
         from workloads import DatasetMeta
 
         torch.manual_seed(int_seed(seed, "init"))
@@ -130,8 +130,8 @@ def _train(msg: Any, context: Any) -> Any:
     import torch
 
     from algorithms.base import Task
-    from algorithms.client import ClientData, local_sgd
-    from engine.rng import int_seed
+    from engine.core.rng import int_seed
+    from engine.worker.training import ClientData, local_sgd
 
     state = _actor_state()
     spec, data, model = state["spec"], state["data"], state["model"]

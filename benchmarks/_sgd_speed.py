@@ -2,7 +2,7 @@
 
 benchmarks/flower.py runs it with fedray's Python and with Flower's (each venv has its own
 torch build), so that a difference in raw compute speed is not read as engine overhead.
-It runs fedray's local SGD (``algorithms.client.local_sgd``) at batch 32 on 640 generated
+It runs fedray's local SGD (``engine.worker.training.local_sgd``) at batch 32 on 640 generated
 images, after 10 warm-up steps, and prints one JSON line.
 
     python benchmarks/_sgd_speed.py STEPS
@@ -23,7 +23,7 @@ def sgd_seconds(steps: int, seed: int = 0) -> float:
     import torch
 
     from algorithms.base import Task
-    from algorithms.client import ClientData, local_sgd
+    from engine.worker.training import ClientData, local_sgd
     from workloads import DatasetMeta
     from workloads.shapes import Shapes, ShapesParams
 

@@ -29,7 +29,7 @@ from benchmarks._common import (
     write_json,
 )
 from benchmarks._plain import PlainLoop
-from engine.results import EVENTS_COLUMNS
+from engine.report.results import EVENTS_COLUMNS
 from workloads.shapes import Shapes, ShapesParams
 
 TARGET = 0.9

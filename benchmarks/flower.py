@@ -178,7 +178,7 @@ def fedray_config(size: dict[str, Any]) -> Any:
 
 
 def fedray_run(size: dict[str, Any]) -> dict[str, Any]:
-    from engine.run import run_experiment
+    from engine.experiment import run_experiment
 
     cfg = fedray_config(size)
     t0 = time.perf_counter()
@@ -257,16 +257,16 @@ def main() -> None:
     python = str(args.flower_python)
     size = {**(QUICK if args.quick else FULL)}
 
-    from engine.data import load_data
+    from engine.worker.data import load_data
 
     # The no-op runs train nothing and evaluate on a few test images: what is left is the
     # engines' own cost per round and per client call.
     setups = {"train": size, "no-op": {**size, "local_steps": 0, "test_samples": NOOP_TEST_SAMPLES}}
     sha1 = {}
     for kind, s in setups.items():
-        dataset, shards, _, _ = load_data(fedray_config(s))
-        sha1[kind] = data_digest(dataset, shards.indices, shards.offsets)
-        del dataset, shards
+        data = load_data(fedray_config(s))
+        sha1[kind] = data_digest(data.dataset, data.shards.indices, data.shards.offsets)
+        del data
     runs: dict[str, list[dict[str, Any]]] = {f"{e} {k}": [] for k in setups for e in ("fedray", "flower")}
     sgd: dict[str, list[float]] = {"fedray": [], "flower": []}
     for _ in range(args.repeats):  # interleaved, so drifts in machine load hit both alike

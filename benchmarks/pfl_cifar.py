@@ -37,7 +37,7 @@ from benchmarks._common import (
 )
 from benchmarks._plain import PlainLoop
 from engine.config import ConfigError
-from engine.results import EVENTS_COLUMNS
+from engine.report.results import EVENTS_COLUMNS
 from workloads.shapes import Shapes, ShapesParams
 
 TARGET = 0.9

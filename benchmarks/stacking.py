@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks._common import config, local_ray, loop_seconds, parse_args, run, table, write_json
-from engine.results import EVENTS_COLUMNS
+from engine.report.results import EVENTS_COLUMNS
 
 BATCH = 10
 STACKS = (1, 5, 25)

@@ -30,7 +30,7 @@ from benchmarks._common import (
     table,
     write_json,
 )
-from engine.results import EVENTS_COLUMNS
+from engine.report.results import EVENTS_COLUMNS
 
 TARGET = 1.1
 SPEEDS = {

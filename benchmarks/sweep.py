@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._common import local_ray, parse_args, table, write_json
-from engine.run import run_experiment  # first: settles RAY_AUTH_MODE before ray is imported
-from engine.sweep_report import write_sweep
-from engine.sweep_space import load_sweep
+from engine.config.sweep_space import load_sweep
+from engine.experiment import run_experiment
+from engine.report.sweep_report import write_sweep
 from engine.tune import run_sweep
 
 TARGET = 0.6

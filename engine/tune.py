@@ -2,7 +2,7 @@
 
 Each trial runs one whole experiment. Its Tune process, its server and each of its
 executors get one bundle of the trial's placement group and are pinned to it by index
-(``engine.pool.Placement``), so trials never take each other's resources. Every
+(``engine.runtime.pool.Placement``), so trials never take each other's resources. Every
 evaluation is reported to Tune (``ray.tune.report``) as it settles, so ASHA can stop a
 poor trial early, in virtual time or in model versions. A failed trial is retried
 (``max_failures``) from its latest checkpoint (with ``checkpoint.every``) or from the start;
@@ -27,17 +27,17 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import Config, ConfigError
-from engine.evaluation import LOCAL_METRICS
-from engine.run import connect_ray  # first: it settles RAY_AUTH_MODE before ray is imported
-from engine.sweep_report import write_sweep
-from engine.sweep_space import Dimension, Sweep, list_spaces, load_sweep, probe_configs
+from engine.config.sweep_space import Dimension, Sweep, list_spaces, load_sweep, probe_configs
+from engine.core.evaluation import LOCAL_METRICS
+from engine.report.sweep_report import write_sweep
+from engine.runtime.connect import connect_ray
 
 DEFAULT_OUT = "runs/tune-{name}-" + time.strftime("%Y%m%d-%H%M%S")
 # Ray refuses bundles that ask for nothing: the Tune process and the server, which mostly
 # wait, reserve a little memory instead of a share of a CPU that an executor could use.
 DRIVER_MEMORY = 64 * 2**20
 SERVER_MEMORY = 128 * 2**20
-CHECKPOINT_FILE = "server.ckpt"  # engine/checkpoint.py's snapshot, inside a Tune checkpoint
+CHECKPOINT_FILE = "server.ckpt"  # engine/core/checkpoint.py's snapshot, inside a Tune checkpoint
 
 EXAMPLES = """\
 examples:
@@ -46,7 +46,7 @@ examples:
   python -m engine.tune --space tune_spaces/fedavg.yaml tune.num_samples=16 stop.max_versions=50
   python -m engine.tune --space stragglers ray.address=auto tune.storage_path=s3://bucket/sweeps
 
-a space file (more in engine/sweep_space.py):
+a space file (more in engine/config/sweep_space.py):
   base: configs/fedbuff.yaml        # optional; `experiment: {key: value}` adds engine.run keys
   metric: accuracy                  # accuracy | best_accuracy | loss | time_to_target
   mode: max                         # default: max for accuracies, min for loss and time
@@ -144,8 +144,8 @@ def trial(config: dict[str, Any], sweep: Sweep) -> None:
     """One Tune trial: run the experiment inside the trial's placement group."""
     import ray
 
-    from engine.pool import Placement
-    from engine.run import run_experiment
+    from engine.experiment import run_experiment
+    from engine.runtime.pool import Placement
 
     # "run" is relative to the trial's working directory, which Tune syncs to storage.
     cfg = sweep.trial_config(config, out_dir="run")
@@ -167,7 +167,7 @@ _WARM: dict[tuple[str, int], list[Any]] = {}
 
 
 def warm_executors(cfg: Config, placement: Any) -> list[Any] | None:
-    from engine.pool import bare_executor
+    from engine.runtime.pool import bare_executor
 
     if placement is None:
         return None

@@ -28,6 +28,9 @@ def tiny(*overrides: str) -> Config:
 @pytest.fixture(scope="module")
 def ray_local() -> Iterator[None]:
     ray = pytest.importorskip("ray")
+    from engine.runtime.connect import token_auth
+
+    token_auth()  # as the engine does when it starts Ray
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
     try:
         yield

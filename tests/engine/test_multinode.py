@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 
 from engine.config import Config, load_config
-from engine.run import resolve_executors, run_experiment  # first: settles RAY_AUTH_MODE
+from engine.experiment import run_experiment
+from engine.runtime.connect import resolve_executors
 from engine.tune import main as tune_main
 from tests.conftest import tiny
 
@@ -27,6 +28,9 @@ def cluster() -> Iterator[Any]:
     import ray
     from ray.cluster_utils import Cluster
 
+    from engine.runtime.connect import token_auth
+
+    token_auth()  # as the engine does when it starts Ray
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     for _ in range(2):  # the GPU worker type of cluster.yaml, in miniature
         c.add_node(num_cpus=1, num_gpus=1, resources={"gpu_node": 1})

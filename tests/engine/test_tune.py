@@ -19,9 +19,9 @@ import pytest
 import yaml
 
 from engine.config import load_config
-from engine.run import run_experiment  # first: settles RAY_AUTH_MODE before ray is imported
-from engine.sweep_report import trial_rows
-from engine.sweep_space import list_spaces, load_sweep
+from engine.config.sweep_space import list_spaces, load_sweep
+from engine.experiment import run_experiment
+from engine.report.sweep_report import trial_rows
 from engine.tune import main
 
 pytestmark = [pytest.mark.engine]

@@ -1,4 +1,5 @@
-"""Every algorithm, end to end, on a tiny budget."""
+"""Every algorithm, end to end, on a tiny budget, in-process (no Ray: the Ray backend gives
+the same numbers, tests/engine/test_engine.py)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,16 @@ import math
 import pytest
 
 from algorithms import ALGORITHMS
-from engine.run import run_experiment
-from tests.conftest import tiny
+from engine.config import Config
+from engine.experiment import run_experiment
+from tests import conftest
 
-pytestmark = [pytest.mark.smoke, pytest.mark.usefixtures("ray_local")]
+pytestmark = [pytest.mark.smoke]
+
+
+def tiny(*overrides: str) -> Config:
+    return conftest.tiny("executors.backend=local", *overrides)
+
 
 # Per-algorithm sizes for a 12-client run; algorithms not listed use their defaults.
 SIZE: dict[str, tuple[str, ...]] = {
@@ -23,7 +30,7 @@ SIZE: dict[str, tuple[str, ...]] = {
     "fedcompass": ("algorithm.q_max=10", "algorithm.q_min=2"),
     "fedfix": ("algorithm.delta_t=0.2",),
     "fedat": ("algorithm.num_tiers=2", "algorithm.clients_per_tier_round=3"),
-    # PFL with the optional server step (SGD on held-out server data) end to end.
+    # PFL with server fine-tuning (SGD on held-out server data) end to end.
     "pfl": ("server.steps=2", "server.data_samples=100", "server.seconds_per_step=0.01"),
 }
 

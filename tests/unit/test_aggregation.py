@@ -11,10 +11,10 @@ import pytest
 from algorithms.aggregation import (
     STALENESS_KINDS,
     check_staleness,
+    descend,
     dispatch,
     fedasync_mix,
     release,
-    server_step,
     staleness_weight,
     weighted_average,
     weighted_sum,
@@ -82,9 +82,9 @@ def test_weighted_sum_and_errors() -> None:
         weighted_average([f32(1), f32(2)], [1, -1])
 
 
-def test_server_step_is_new_float32() -> None:
+def test_descend_is_new_float32() -> None:
     x = f32(1, 2)
-    out = server_step(x, f32(4, -2), 0.5)
+    out = descend(x, f32(4, -2), 0.5)
     np.testing.assert_array_equal(out, f32(-1, 3))
     assert out.dtype == np.float32
     np.testing.assert_array_equal(x, f32(1, 2))  # input untouched

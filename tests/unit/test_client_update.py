@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from algorithms.base import LocalTraining, Task, Update
-from algorithms.client import ClientData, batch_indices, local_sgd
 from algorithms.fedavg import FedAvg, FedAvgParams
 from algorithms.fedprox import FedProx, FedProxParams
+from engine.worker.training import ClientData, batch_indices, local_sgd
 from workloads.base import ParamLayout
 
 SIZES = (5, 12, 23)  # unequal shards, so sample weighting matters

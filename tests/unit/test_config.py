@@ -141,13 +141,31 @@ def test_checkpoints_go_with_evaluations_and_need_virtual_time() -> None:
 
 
 def test_a_foreign_or_mismatched_checkpoint_is_refused() -> None:
-    from engine import checkpoint
+    from engine.core import checkpoint
+    from engine.core.server_queue import ServerQueue
 
     cfg = load_config(None, [])
     with pytest.raises(ValueError, match="not a fedray checkpoint"):
         checkpoint.load(b"not a pickle", cfg)
     ckpt = checkpoint.Checkpoint(
-        checkpoint.FORMAT, "fedavg", "synthetic", 50, None, 0.0, 0, 0, None, {}, (), {}, (), {}, None
+        checkpoint.FORMAT,
+        "fedavg",
+        "synthetic",
+        50,
+        None,
+        0.0,
+        0,
+        0,
+        None,
+        {},
+        (),
+        {},
+        (),
+        {},
+        None,
+        server=ServerQueue(),
+        server_work=(),
+        server_seq=0,
     )
     with pytest.raises(ValueError, match="resume under the same three"):
         checkpoint.load(pickle.dumps(ckpt), cfg)

@@ -297,7 +297,7 @@ def test_to_tensor_standardises_per_channel() -> None:
 
 def test_local_sgd_applies_the_augmentation_deterministically() -> None:
     from algorithms.base import Task
-    from algorithms.client import ClientData, local_sgd
+    from engine.worker.training import ClientData, local_sgd
 
     w = Cifar10(CifarParams(augment=True))
     rng = np.random.default_rng(0)

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from engine.delays import (
+from engine.core.delays import (
     FAMILIES,
     AvailabilityConfig,
     ClientsConfig,
@@ -20,7 +20,7 @@ from engine.delays import (
     SpeedConfig,
     describe_families,
 )
-from engine.rng import stream
+from engine.core.rng import stream
 
 SEED = 1234
 

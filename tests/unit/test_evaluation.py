@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.evaluation import global_metrics, local_metrics, split_local_test
-from engine.rng import stream
+from engine.core.evaluation import global_metrics, local_metrics, split_local_test
+from engine.core.rng import stream
 
 
 def test_global_metrics_are_over_examples() -> None:

@@ -1,4 +1,4 @@
-"""PFL and VPFL driven by hand in the engine's order: arrivals, timer, jobs (no Ray)."""
+"""PFL and VPFL driven by hand in the engine's order: arrivals, server work, jobs (no Ray)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from algorithms.base import LocalTraining, ServerCost, Update
+from algorithms.base import LocalTraining, ServerCost, ServerJob, Update
 from algorithms.pfl import PFL, VPFL, PFLParams, VPFLParams
+from engine.core.server_queue import ServerQueue
 
 TRAINING = LocalTraining(local_steps=2, batch_size=0, lr=0.1)
 
@@ -19,21 +20,32 @@ def f32(*values: float) -> np.ndarray:
 
 
 class Sim:
-    """The engine's order at each instant: completions, then the timer if it is due, then
-    ``jobs``; again while the timer is due now (a zero-cost aggregation started in
-    ``jobs``). Timers due before an instant fire at their own time first. Jobs start
-    from ``state.model`` / ``state.version`` as ``jobs`` returns them."""
+    """The engine's order at each instant: completions, then server work ending now, then
+    ``jobs`` (which may start server work); again while server work ends now (a zero-cost
+    aggregation started in ``jobs``). Server work ending before an instant ends at its own
+    time first, on one server (engine/core/server_queue.py). ``finetune(model, version)``
+    stands for the engine's fine-tuning. Jobs start from ``state.model`` / ``state.version``
+    as ``jobs`` returns them."""
 
-    def __init__(self, alg: Any, x0: np.ndarray, unavailable: tuple[int, ...] = ()) -> None:
+    def __init__(
+        self, alg: Any, x0: np.ndarray, unavailable: tuple[int, ...] = (), finetune: Any = None
+    ) -> None:
         self.alg, self.s = alg, alg.init(x0)
         self.start: dict[int, tuple[int, np.ndarray]] = {}  # client -> (version, model) at dispatch
         self.unavailable = set(unavailable)
+        self.server = ServerQueue(1)
+        self.work: list[tuple[float, ServerJob]] = []  # (finish, job) in start order
+        self.finetune = finetune
         self.forks = self.at(0.0)
+
+    def next_end(self) -> float | None:
+        """When the next server work ends (what the engine awaits besides clients)."""
+        return min((t for t, _ in self.work), default=None)
 
     def at(
         self, now: float, ups: Mapping[int, tuple[float, ...]] | None = None, drops: tuple[int, ...] = ()
     ) -> dict[int, int]:
-        while (t := self.alg.next_timer(self.s)) is not None and t < now:
+        while (t := self.next_end()) is not None and t < now:
             self._settle(t)
         for c, y in (ups or {}).items():
             v, base = self.start.pop(c)
@@ -46,14 +58,18 @@ class Sim:
     def _settle(self, now: float) -> dict[int, int]:
         forks: dict[int, int] = {}
         while True:
-            if self.alg.next_timer(self.s) == now:
-                self.s = self.alg.on_timer(self.s, now)
+            for t, job in [w for w in self.work if w[0] == now]:
+                self.work.remove((t, job))
+                model = self.finetune(job.model, job.key) if job.finetune else job.model
+                self.s = self.alg.on_server_job(self.s, job, model, now)
             idle = [c for c in range(self.alg.num_clients) if c not in self.start.keys() | self.unavailable]
             self.s, jobs = self.alg.jobs(self.s, now, np.array(idle, dtype=np.int64), None)
             for j in jobs:
                 self.start[j.client] = (self.s.version, self.s.model)
                 forks[j.client] = self.s.version
-            if self.alg.next_timer(self.s) != now:
+            self.s, started = self.alg.server_jobs(self.s)
+            self.work += [(self.server.schedule(now, job.seconds)[1], job) for job in started]
+            if self.next_end() != now:
                 return forks
 
 
@@ -100,15 +116,15 @@ def test_pfl_aggregate_appears_after_aggregation_time_and_queues() -> None:
     cost = ServerCost(seconds_per_aggregation=0.3, seconds_per_update=0.1)  # 0.3 + 2 * 0.1
     sim = Sim(pfl(2, max_lost=3, cost=cost), f32(0))
     assert sim.at(1.0, {0: (2,)}) == {0: 0}
-    assert sim.alg.next_timer(sim.s) == 1.5 and sim.s.version == 0
+    assert sim.next_end() == 1.5 and sim.s.version == 0
     np.testing.assert_array_equal(sim.s.model, f32(0))  # not yet: the server is aggregating
     assert sim.at(1.2, {1: (4,)}) == {1: 0}  # busy server: node 1 still forks version 0
-    assert sim.alg.next_timer(sim.s) == 1.5 and sim.s.dirty  # its aggregation is queued
+    assert sim.next_end() == 1.5 and sim.s.dirty  # its aggregation is queued
     sim.at(1.5)
-    assert sim.s.version == 1 and sim.alg.next_timer(sim.s) == 2.0  # the queued one started
+    assert sim.s.version == 1 and sim.next_end() == 2.0  # the queued one started
     np.testing.assert_array_equal(sim.s.model, f32(1))  # mean(2, 0): without the 1.2 upload
     sim.at(2.0)
-    assert sim.s.version == 2 and sim.alg.next_timer(sim.s) is None
+    assert sim.s.version == 2 and sim.next_end() is None
     np.testing.assert_array_equal(sim.s.model, f32(3))  # mean(2, 4)
     assert sim.alg.stats(sim.s)["server_busy"] == 1.0
 
@@ -121,7 +137,7 @@ def test_pfl_back_to_back_uploads_coalesce_into_one_aggregation() -> None:
     sim.at(2.0)  # publishes mean(3, 0, 0); one aggregation of all three slots starts
     np.testing.assert_array_equal(sim.s.model, f32(1))
     sim.at(3.0)
-    assert sim.s.version == 2 and sim.alg.next_timer(sim.s) is None
+    assert sim.s.version == 2 and sim.next_end() is None
     np.testing.assert_array_equal(sim.s.model, f32(6))
 
 
@@ -159,10 +175,10 @@ def test_vpfl_round_structure() -> None:
     sim = Sim(alg, f32(0))
     assert sim.forks == {0: 0, 1: 0}
     assert sim.at(1.0, {0: (2,)}) == {0: 0}  # round 2 forks w^0 at once, without the barrier
-    assert sim.alg.next_timer(sim.s) is None  # round 1 still lacks node 1
+    assert sim.next_end() is None  # round 1 still lacks node 1
     assert sim.at(2.0, {0: (4,)}) == {}  # round 3 needs w^1, not published yet
     assert sim.at(3.0, {1: (6,)}) == {1: 0}
-    assert sim.alg.next_timer(sim.s) == 3.5 and len(sim.s.slots[0]) == 1  # round 1 is aggregating
+    assert sim.next_end() == 3.5 and len(sim.s.slots[0]) == 1  # round 1 is aggregating
     assert sim.at(3.5) == {0: 1} and sim.s.version == 1
     np.testing.assert_array_equal(sim.s.model, f32(4))  # mean(2, 6): node 0's round-2 model waits
     assert sim.at(4.5, {0: (8,)}) == {}
@@ -186,7 +202,7 @@ def test_vpfl_aggregation_overlaps_the_next_round() -> None:
         for sim in sims:
             ups = {c: (float(r * 10 + c),) for c in range(3)}
             assert sim.at(float(r), ups) == dict.fromkeys(range(3), max(0, r - 1))
-            assert sim.alg.next_timer(sim.s) == r + 0.5 and sim.s.version == r - 1
+            assert sim.next_end() == r + 0.5 and sim.s.version == r - 1
         np.testing.assert_array_equal(sims[0].s.model, sims[1].s.model)
     sims[0].at(5.5)
     np.testing.assert_array_equal(sims[0].s.model, f32(51))  # mean(50, 51, 52)
@@ -223,14 +239,14 @@ def test_params_defaults_and_names() -> None:
     assert (PFL.name, VPFL.name) == ("pfl", "vpfl")
 
 
-def test_server_step_refines_the_aggregate_and_its_time_is_hidden() -> None:
-    """The server step runs on every aggregate before it is published (here: + version),
+def test_fine_tuning_refines_the_aggregate_and_its_time_is_hidden() -> None:
+    """Fine-tuning runs on every aggregate before it is published (here: + 10 x version),
     and its time adds to the aggregation time; nodes keep forking meanwhile."""
-    cost = ServerCost(seconds_per_aggregation=0.2, step_seconds=0.3)
-    alg = PFL(PFLParams(max_lost=3), TRAINING, np.ones(2, dtype=np.int64), cost, lambda m, v: m + 10 * v)
-    sim = Sim(alg, f32(0))
+    cost = ServerCost(seconds_per_aggregation=0.2, finetune_seconds=0.3, finetune=True)
+    alg = PFL(PFLParams(max_lost=3), TRAINING, np.ones(2, dtype=np.int64), cost)
+    sim = Sim(alg, f32(0), finetune=lambda m, v: m + 10 * v)
     assert sim.at(1.0, {0: (2,)}) == {0: 0}  # node 0 forks version 0 at once
-    assert alg.next_timer(sim.s) == 1.5  # 0.2 aggregation + 0.3 server step
+    assert sim.next_end() == 1.5  # 0.2 aggregation + 0.3 fine-tuning
     sim.at(1.5)
     np.testing.assert_array_equal(sim.s.model, f32(11))  # mean(2, 0) + 10 * version 1
     assert alg.stats(sim.s)["server_busy"] == 0.5

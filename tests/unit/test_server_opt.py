@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from algorithms.aggregation import server_step
+from algorithms.aggregation import descend
 from algorithms.base import LocalTraining, Update
 from algorithms.fedavg import (
     FedAdagrad,
@@ -41,10 +41,10 @@ def two_steps(rule: str, d1: tuple[float, float], d2: tuple[float, float], **kw:
     return [x1, opt1, x2, opt2]
 
 
-def test_sgd_is_the_old_server_step() -> None:
+def test_sgd_is_plain_descent() -> None:
     x, d = np.linspace(-1, 1, 7, dtype=np.float32), np.sin(np.arange(7, dtype=np.float32)) / 3
     new, opt = server_opt_update("sgd", x, d, ServerOptState(), lr=0.37)
-    np.testing.assert_array_equal(new, server_step(x, d, 0.37))
+    np.testing.assert_array_equal(new, descend(x, d, 0.37))
     assert opt.m is None and opt.v is None  # sgd keeps no memory
 
 

@@ -11,10 +11,10 @@ import torch
 from torch import nn
 
 from algorithms.base import Task
-from algorithms.client import ClientData, local_sgd
-from algorithms.stacked import stacked_rows, stacked_sgd, unstackable_layers
-from engine.executor import Stack
-from engine.jobs import InFlight, assign_stacks
+from engine.core.backend import Stack
+from engine.core.jobs import InFlight, assign_stacks
+from engine.worker.stacked import stacked_rows, stacked_sgd, unstackable_layers
+from engine.worker.training import ClientData, local_sgd
 from workloads import WORKLOADS, DatasetMeta, ParamLayout
 
 SIZES = (23, 40, 7, 31)  # 7 < batch 8: a shard smaller than the batch; others end epochs short

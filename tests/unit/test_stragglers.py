@@ -142,12 +142,14 @@ def test_aggregation_time_delays_the_version_and_the_next_round() -> None:
     alg, s, (a, b) = start(FedAvgParams(clients_per_round=2), 4, cost)
     s = alg.on_update(s, upd(s, a, 2, 0), 1.0)
     s = alg.on_update(s, upd(s, b, 0, 2), 5.0)
-    # 2 + 0.5*2 + 1e5 * 2 updates * 8 bytes / 1e6 = 4.6 seconds
-    assert s.version == 0 and alg.next_timer(s) == pytest.approx(5.0 + 4.6)
+    s, work = alg.server_jobs(s)
+    # 2 + 0.5*2 + 1e5 * 2 updates * 8 bytes / 1e6 = 4.6 seconds of server work
+    assert s.version == 0 and [w.seconds for w in work] == [pytest.approx(4.6)] and not work[0].finetune
+    assert alg.server_jobs(s)[1] == []  # handed over once
     np.testing.assert_array_equal(s.model, f32(0, 0))
     assert alg.jobs(s, 5.0, np.arange(4), rng())[1] == []  # the server is busy
-    t = alg.next_timer(s)
-    s = alg.on_timer(s, t)
+    t = 5.0 + work[0].seconds
+    s = alg.on_server_job(s, work[0], work[0].model, t)
     assert s.version == 1 and alg.next_timer(s) is None
     np.testing.assert_array_equal(s.model, f32(-1, -1))
     s, jobs = alg.jobs(s, t, np.arange(4), rng())
@@ -159,15 +161,17 @@ def test_deadline_then_aggregation_time() -> None:
     alg, s, (a, _b) = start(FedAvgParams(clients_per_round=2, deadline=10.0), 2, cost)
     s = alg.on_update(s, upd(s, a, 1, 1), 2.0)
     s = alg.on_timer(s, 10.0)
-    assert s.version == 0 and alg.next_timer(s) == 13.0 and len(alg.discard(s)[1]) == 1
-    s = alg.on_timer(s, 13.0)
+    s, work = alg.server_jobs(s)
+    assert s.version == 0 and [w.seconds for w in work] == [3.0] and len(alg.discard(s)[1]) == 1
+    assert alg.next_timer(s) is None  # the deadline is spent
+    s = alg.on_server_job(s, work[0], work[0].model, 13.0)
     assert s.version == 1
 
 
 def test_round_with_no_update_skips_the_aggregation_time() -> None:
     alg, s, (a,) = start(FedAvgParams(clients_per_round=1), 1, ServerCost(seconds_per_aggregation=3.0))
     s = alg.on_drop(s, a, 1.0)
-    assert alg.next_timer(s) is None and len(alg.jobs(s, 1.0, np.arange(1), rng())[1]) == 1
+    assert alg.server_jobs(s)[1] == [] and len(alg.jobs(s, 1.0, np.arange(1), rng())[1]) == 1
 
 
 # ---- FedProx's variable local work ------------------------------------------------------

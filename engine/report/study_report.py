@@ -15,10 +15,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from engine.results import write_results
+from engine.report.results import write_results
 
 if TYPE_CHECKING:
-    from engine.study import Cell, StudySpec
+    from engine.config.study import Cell, StudySpec
 
 COLUMNS = [
     "algorithm",

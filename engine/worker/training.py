@@ -1,4 +1,5 @@
-"""Client-side local training shared by the algorithms (runs on executors)."""
+"""Client-side local training (runs on executors and in the in-process backend): the
+minibatch order and local SGD that algorithms' client updates build on."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from algorithms.base import Task
+from algorithms.task import Task
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 AugmentFn = Callable[[torch.Tensor, torch.Generator], torch.Tensor]

@@ -1,5 +1,6 @@
-"""The executor pool: creates executors in one batch, packs jobs into calls, notices
-finished calls, and re-runs the jobs of an executor that died on a replacement.
+"""The Ray backend of the simulation loop (engine/core/backend.py): a pool of executor
+actors. It creates them in one batch, packs jobs into calls, notices finished calls, and
+re-runs the jobs of an executor that died on a replacement.
 
 Jobs are queued and sent lazily: the server ``flush``es before it must wait for a
 result, when an executor's queue runs low (fewer than ``LOW_WATER`` jobs), or when
@@ -23,7 +24,9 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from ray.util.placement_group import PlacementGroup
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from engine.executor import Executor, ExecutorSpec, JobOutput, JobSpec
+from engine.core.backend import JobOutput, JobSpec
+from engine.runtime.executor import Executor
+from engine.worker.worker import ExecutorSpec
 
 log = logging.getLogger("fedray")
 
@@ -67,7 +70,7 @@ class _Slot:
 def bare_executor(
     num_cpus: float, num_gpus: float, name: str = "", where: Any = None, run: tuple[Any, ...] = ()
 ) -> Any:
-    """A new executor actor, set up for ``run`` (spec, dataset, shards, local test splits),
+    """A new executor actor, set up for ``run`` (spec, the run's data),
     or with nothing set up yet if it is empty (``Executor.setup`` gives it one)."""
     options: dict[str, Any] = {"num_cpus": num_cpus, "num_gpus": num_gpus}
     options["max_concurrency"] = 1000  # wall mode: many jobs may sleep out their padding at once
@@ -83,7 +86,6 @@ def bare_executor(
 class _Queued:
     urgency: float  # the job's earliest possible finish: what the server will need first
     spec: JobSpec
-    version: int
     params_ref: Any
 
 
@@ -103,7 +105,7 @@ class ExecutorPool:
         run_id: str,
         num: int,
         spec: ExecutorSpec,
-        data_refs: tuple[Any, ...],
+        data_ref: Any,
         max_batch: int,
         on_outputs: Callable[[list[JobOutput]], None],
         placement: Placement | None = None,
@@ -112,7 +114,7 @@ class ExecutorPool:
         self.run_id = run_id
         self.placement = placement
         self.spec = spec
-        self._args = data_refs  # (dataset, shards, local test splits or None), one object each
+        self._args = (data_ref,)  # the run's data (RunData), one object in the store
         self.max_batch = max_batch
         self.on_outputs = on_outputs
         # warm: executors that outlive this run (a sweep's, reused trial after trial)
@@ -133,8 +135,9 @@ class ExecutorPool:
         where = None if self.placement is None else self.placement.executor(index)
         return bare_executor(self.spec.num_cpus, self.spec.num_gpus, name, where, (self.spec, *self._args))
 
-    async def start(self) -> None:
-        """Wait until every executor has imported torch and built its model."""
+    async def start(self) -> Any:
+        """Wait until every executor has imported torch and built its model; return the
+        seeded initial model."""
 
         async def one(slot: _Slot) -> None:
             if not slot.borrowed:
@@ -147,13 +150,18 @@ class ExecutorPool:
                 await slot.actor.ready.remote()
 
         await asyncio.gather(*(one(s) for s in self.slots))
-
-    async def initial_params(self) -> Any:
         return await self.slots[0].actor.initial_params.remote()
 
+    def put(self, params: Any) -> Any:
+        return ray.put(params)
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
     # ---- jobs ----------------------------------------------------------------------
-    def enqueue(self, spec: JobSpec, version: int, params_ref: Any, urgency: float) -> None:
-        self.queue.append(_Queued(urgency, spec, version, params_ref))
+    def enqueue(self, spec: JobSpec, params_ref: Any, urgency: float) -> None:
+        self.queue.append(_Queued(urgency, spec, params_ref))
         if len(self.queue) >= self.max_batch * len(self.slots) or self.running_low():
             self.flush()
 

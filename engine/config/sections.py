@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from algorithms.base import ServerCost
+from algorithms.base import ServerCost, Task
 
 
 def _check(ok: object, message: str) -> None:
@@ -14,17 +14,27 @@ def _check(ok: object, message: str) -> None:
         raise ValueError(message)
 
 
+BACKENDS = ("ray", "local")
+CLIENT_STATE_STORES = ("memory", "disk")
+
+
 @dataclass(frozen=True)
 class ExecutorsConfig:
+    # ray: executor actors on the local Ray or a cluster; local: the jobs run in this process
+    # (no Ray started: notebooks, debuggers, small runs), with identical results.
+    backend: str = "ray"
     num: int = 0  # 0: as many as the cluster's CPUs allow (cluster CPUs // num_cpus)
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     max_batch: int = 16  # most jobs sent to one executor in one call (amortises Ray overhead)
     # > 1: jobs of one dispatch with the same task train together, this many at a time, as
-    # one vmapped computation (algorithms/stacked.py); models of linear layers only.
+    # one vmapped computation (engine/worker/stacked.py); models of linear layers only.
     stack: int = 1
 
     def __post_init__(self) -> None:
+        _check(
+            self.backend in BACKENDS, f"backend must be one of {', '.join(BACKENDS)} (got {self.backend!r})"
+        )
         _check(self.num >= 0, f"num must be >= 0, 0 meaning one per CPU (got {self.num})")
         _check(self.num_cpus > 0, f"num_cpus must be > 0 (got {self.num_cpus})")
         _check(self.num_gpus >= 0, f"num_gpus must be >= 0 (got {self.num_gpus})")
@@ -40,13 +50,21 @@ class ServerConfig:
     seconds_per_aggregation: float = 0.0
     seconds_per_update: float = 0.0
     seconds_per_mb: float = 0.0
-    # Optional server step after each aggregation: `steps` SGD steps on a server dataset of
-    # `data_samples` training examples held out from the clients (engine/server_step.py).
+    # Optional fine-tuning of every aggregate: `steps` SGD steps on a server dataset of
+    # `data_samples` training examples held out from the clients (engine/worker/finetune.py).
     steps: int = 0
     data_samples: int = 500
     lr: float = 0.05
     batch_size: int = 32  # 0 means full batch
-    seconds_per_step: float = 0.0  # the step's virtual time: steps * seconds_per_step
+    seconds_per_step: float = 0.0  # fine-tuning's virtual time: steps * seconds_per_step
+    # Server work (aggregation time, fine-tuning) runs on this many server slots at once:
+    # 1 = one server that work queues for; 0 = unbounded (engine/core/server_queue.py).
+    capacity: int = 1
+    # Where per-client state lives between jobs: memory (a dict on the server) or disk
+    # (one file per client under client_state_dir; "" = a temporary folder): see
+    # engine/core/client_states.py.
+    client_state: str = "memory"
+    client_state_dir: str = ""
 
     def __post_init__(self) -> None:
         _check(self.num_cpus >= 0, f"num_cpus must be >= 0 (got {self.num_cpus})")
@@ -54,6 +72,11 @@ class ServerConfig:
         _check(self.data_samples >= 1, f"data_samples must be >= 1 (got {self.data_samples})")
         _check(self.lr > 0, f"lr must be > 0 (got {self.lr})")
         _check(self.batch_size >= 0, f"batch_size must be >= 0 (got {self.batch_size})")
+        _check(self.capacity >= 0, f"capacity must be >= 0, 0 meaning unbounded (got {self.capacity})")
+        _check(
+            self.client_state in CLIENT_STATE_STORES,
+            f"client_state must be one of {', '.join(CLIENT_STATE_STORES)} (got {self.client_state!r})",
+        )
         self.cost  # noqa: B018 -- validates the cost fields
 
     @property
@@ -63,7 +86,13 @@ class ServerConfig:
             self.seconds_per_update,
             self.seconds_per_mb,
             self.steps * self.seconds_per_step,
+            finetune=self.steps > 0,
         )
+
+    @property
+    def finetune_task(self) -> Task:
+        """What fine-tuning an aggregate computes on the server's examples."""
+        return Task(steps=self.steps, batch_size=self.batch_size, lr=self.lr)
 
 
 @dataclass(frozen=True)
@@ -82,7 +111,7 @@ class EvalConfig:
     batch_size: int = 1024
     # > 0: every client keeps floor(fraction * shard) of its examples as a local test split
     # (not trained on), and evaluations also score the model on each client's split
-    # (local_accuracy, local_accuracy_p10, local_loss: engine/evaluation.py).
+    # (local_accuracy, local_accuracy_p10, local_loss: engine/core/evaluation.py).
     local_test_fraction: float = 0.0
 
     def __post_init__(self) -> None:

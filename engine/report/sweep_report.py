@@ -12,8 +12,8 @@ import pandas as pd
 import yaml
 
 from engine.config import build_config, to_dict
-from engine.evaluation import LOCAL_METRICS
-from engine.sweep_space import Sweep
+from engine.config.sweep_space import Sweep
+from engine.core.evaluation import LOCAL_METRICS
 
 FIGURES = (
     "accuracy",

@@ -21,8 +21,7 @@ import yaml
 
 from algorithms import ALGORITHMS
 from algorithms.base import Algorithm, LocalTraining
-from engine.delays import ClientsConfig, DelayModel
-from engine.sections import (
+from engine.config.sections import (
     CheckpointConfig,
     ClockConfig,
     EvalConfig,
@@ -31,6 +30,7 @@ from engine.sections import (
     ServerConfig,
     StopConfig,
 )
+from engine.core.delays import ClientsConfig, DelayModel
 from workloads import WORKLOADS, DataError
 from workloads.partition import PARTITIONS, PartitionConfig
 
@@ -97,6 +97,20 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str]
         raw = loaded or {}
     apply_overrides(raw, overrides or [])
     return build_config(raw)
+
+
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``over`` laid on top, nested sections merged key by key (a new dict;
+    neither input changes)."""
+    out = dict(base)
+    for k, v in over.items():
+        old = out.get(k)
+        out[k] = (
+            merge(old if isinstance(old, dict) else {}, v)
+            if isinstance(v, dict) and (old is None or isinstance(old, dict))
+            else v
+        )
+    return out
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> None:
@@ -247,6 +261,14 @@ def _cross_checks(cfg: Config) -> None:
         raise ConfigError(f"checkpoint.every ({every}) must be a multiple of eval.every ({cfg.eval.every})")
     if every and cfg.clock.mode == "wall":
         raise ConfigError("checkpoint.every needs clock.mode=virtual: a wall-clock run cannot be replayed")
+    if every and cfg.server.client_state == "disk":
+        raise ConfigError(
+            "checkpoint.every needs server.client_state=memory: client states on disk are not checkpointed"
+        )
+    if cfg.clock.mode == "wall" and cfg.executors.backend == "local":
+        raise ConfigError(
+            "clock.mode=wall needs executors.backend=ray: the in-process backend runs one job at a time"
+        )
     workload = WORKLOADS[cfg.workload.name]
     if cfg.partition.name == "natural" and workload.default_partition != "natural":
         raise ConfigError(

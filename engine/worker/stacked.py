@@ -4,7 +4,7 @@ dimension and trained with ``torch.func.vmap`` over ``functional_call``.
 For small models most of a local step is per-operation overhead (Python, dispatch,
 small kernels), so S clients that start from the same model with the same task cost
 little more than one when their steps run as one batched computation. The engine forms
-the stacks (engine/jobs.py ``assign_stacks``: jobs of one dispatch with the same task,
+the stacks (engine/core/jobs.py ``assign_stacks``: jobs of one dispatch with the same task,
 in dispatch order) and gives every job a fixed *slot* and the stack a fixed minibatch
 *width*; a stack always has all its slots, those without a job filled with zero-weight
 padding, and every minibatch is padded to the width and masked out of the loss. Each
@@ -30,8 +30,8 @@ from collections.abc import Sequence
 import torch
 from torch.func import functional_call, vmap
 
-from algorithms.base import Task
-from algorithms.client import ClientData, batch_indices
+from algorithms.task import Task
+from engine.worker.training import ClientData, batch_indices
 
 STACKABLE = (
     torch.nn.Linear,

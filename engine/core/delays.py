@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from engine.rng import stream
+from engine.core.rng import stream
 
 _FAMILY_DOCS = {
     "constant": "every client at the nominal speed (factor 1)",
@@ -342,6 +342,13 @@ class DelayModel:
 
     def upload_time(self, client: int, nbytes: float) -> float:
         return float(self.latency[client] + nbytes / self.up_bytes_per_s[client])
+
+    def round_trip_time(self, client: int, bytes_up: float, bytes_down: float) -> float:
+        """One blocking exchange during a job: up and back down again."""
+        c = client
+        return float(
+            2 * self.latency[c] + bytes_up / self.up_bytes_per_s[c] + bytes_down / self.down_bytes_per_s[c]
+        )
 
     def dropped(self, client: int, job_index: int) -> bool:
         p = self.cfg.availability.dropout

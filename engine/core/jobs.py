@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from algorithms.base import Task
-from engine.executor import JobOutput, JobSpec, Stack
+from algorithms.base import JobCost, ServerJob, Task
+from engine.core.backend import JobOutput, JobSpec, Stack
 
 
 @dataclass(eq=False)
@@ -24,13 +24,32 @@ class InFlight:
     dispatch_time: float
     download: float
     compute: float
-    bytes_down: int
-    lower_bound: float  # dispatch + download + compute + upload latency: finish is no earlier
+    bytes_down: int  # everything the job receives: the download plus its exchanges' share
+    lower_bound: float  # dispatch + download + compute + exchanges + upload latency: no earlier
+    exchange: float = 0.0  # blocking round trips and server seconds the job waits for
+    cost: JobCost = field(default_factory=JobCost)
     dropped: bool = False  # lost to dropout: known at dispatch, never computed
     discarded: bool = False  # the algorithm no longer wants it
     output: JobOutput | None = None
     held: tuple[JobSpec, Any] | None = None  # (spec, params ref) while held back from the pool
     stack: Stack | None = None  # its place in a stack of jobs trained together
+
+
+@dataclass(eq=False)
+class ServerWork:
+    """A server job on the server queue: it ends at ``finish`` with ``model`` (the job's
+    own model, or once computed on the pool, the fine-tuned one)."""
+
+    seq: int  # server work is numbered apart from client jobs (their numbers key randomness)
+    job: ServerJob
+    arrival: float
+    start: float
+    finish: float
+    model: np.ndarray | None = None
+
+    @property
+    def uid(self) -> int:
+        return -1 - self.seq  # never a client job's uid (those are >= 0)
 
 
 def assign_stacks(jobs: list[InFlight], size: int, shard_sizes: np.ndarray) -> None:

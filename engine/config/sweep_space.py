@@ -33,7 +33,15 @@ from typing import Any
 import yaml
 
 import tune_spaces
-from engine.config import DEFAULT_NAMES, Config, ConfigError, apply_overrides, build_config, load_config
+from engine.config import (
+    DEFAULT_NAMES,
+    Config,
+    ConfigError,
+    apply_overrides,
+    build_config,
+    load_config,
+    merge,
+)
 
 SPACES_DIR = Path(tune_spaces.__file__).resolve().parent
 METRICS = {
@@ -257,15 +265,8 @@ def set_value(raw: dict[str, Any], key: str, value: Any) -> None:
     if isinstance(value, dict) and isinstance(old, dict):
         old_name = old.get("name", DEFAULT_NAMES.get(key))
         if "name" not in value or value["name"] == old_name:
-            value = _merge(old, value)
+            value = merge(old, value)
     node[last] = copy.deepcopy(value)
-
-
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 def _pbt_checkpoints(s: Settings, base: Config, raw: dict[str, Any]) -> tuple[Settings, Config]:

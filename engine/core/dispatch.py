@@ -1,0 +1,92 @@
+"""What dispatching costs: a job's timing and bytes from its own ``JobCost`` and the
+client's delay model, the message the backend gets, and server work on the server queue.
+
+A job lasts ``download + compute + exchanges + upload``: download of its ``bytes_down``
+(default the whole model), compute over its share of the model (``compute_fraction``) on
+the examples it processes, ``round_trips`` blocking exchanges (latency both ways plus
+their bytes) plus the server seconds it waits for, and the upload of what it really sends
+(the encoded payload, known only once it computed, unless the job fixed ``bytes_up``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from algorithms.base import Job, ServerJob
+from engine.core.backend import JobSpec
+from engine.core.clock import Priority
+from engine.core.delays import DelayModel
+from engine.core.jobs import InFlight, ServerWork
+from engine.core.state import LoopState
+
+
+def in_flight(s: LoopState, delays: DelayModel, shard_size: int, model_bytes: int, job: Job) -> InFlight:
+    """The bookkeeping of ``job`` dispatched now: its sequence, timing and bytes."""
+    c = job.client
+    k = int(s.job_counter[c])
+    s.job_counter[c] += 1
+    cost = job.cost
+    down_bytes = model_bytes if cost.bytes_down is None else cost.bytes_down
+    down = delays.download_time(c, down_bytes)
+    compute = delays.compute_time(c, k, job.task.samples(shard_size))
+    if cost.compute_fraction != 1.0:
+        compute *= cost.compute_fraction
+    exchange = cost.server_seconds
+    if cost.round_trips:
+        trip = delays.round_trip_time(c, cost.round_trip_bytes_up, cost.round_trip_bytes_down)
+        exchange += cost.round_trips * trip
+    # With no exchange this adds 0.0, which leaves the float sum exactly as without it.
+    bound = s.now + down + compute + exchange + float(delays.latency[c])
+    return InFlight(
+        seq=s.ready.next_seq(),
+        client=c,
+        job_index=k,
+        task=job.task,
+        version=s.algorithm.version,
+        dispatch_time=s.now,
+        download=down,
+        compute=compute,
+        bytes_down=down_bytes + cost.round_trips * cost.round_trip_bytes_down,
+        lower_bound=bound,
+        exchange=exchange,
+        cost=cost,
+    )
+
+
+def expected_finish(delays: DelayModel, model_bytes: int, f: InFlight) -> float:
+    """When ``f`` would finish if its upload were a dense model (or its fixed size): the
+    engine's own estimate for over-selection (no algorithm ever sees it)."""
+    up = model_bytes if f.cost.bytes_up is None else f.cost.bytes_up
+    return f.lower_bound - float(delays.latency[f.client]) + delays.upload_time(f.client, up)
+
+
+def job_spec(cfg: Any, s: LoopState, delays: DelayModel, loop_wall_start: float, f: InFlight) -> JobSpec:
+    wall = cfg.clock.mode == "wall"
+    scale = cfg.clock.wall_scale
+    pad = loop_wall_start + (f.dispatch_time + f.download + f.compute + f.exchange) * scale if wall else 0.0
+    up = delays.up_bytes_per_s[f.client] / scale if wall else 0.0
+    return JobSpec(
+        f.seq,
+        f.client,
+        f.job_index,
+        f.task,
+        0,
+        s.client_states.get(f.client),
+        urgency=f.lower_bound,
+        pad_until=pad,
+        up_bytes_per_s=float(up),
+        stack=f.stack,
+    )
+
+
+def server_work(s: LoopState, job: ServerJob, queue_events: bool) -> ServerWork:
+    """Put ``job`` on the server queue now. Without fine-tuning its result is its own model,
+    due at its finish (queued as an event when ``queue_events``: virtual time)."""
+    w = ServerWork(s.server_seq, job, s.now, *s.server.schedule(s.now, job.seconds))
+    s.server_seq += 1
+    s.server_work[w.uid] = w
+    if not job.finetune:
+        w.model = job.model
+        if queue_events:
+            s.ready.push(w.finish, Priority.TIMER, w, seq=w.seq)
+    return w

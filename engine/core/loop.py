@@ -1,0 +1,421 @@
+"""The simulation loop of one run: a plain class, no Ray, no torch.
+
+Virtual mode: results are applied strictly in virtual-time order ``(time, priority,
+dispatch sequence)``, whatever order the backend returns them in. A job's exact finish
+time is known only once its upload size is (after it computed), but a lower bound --
+dispatch + download + compute + exchanges + latency -- is known at dispatch. The loop
+therefore awaits a result only when that job's lower bound is the earliest thing that can
+happen; every other in-flight job keeps computing on the backend meanwhile.
+
+Wall mode shares everything but the clock: executors pad jobs to their scaled durations
+with real sleeps and results are applied in arrival order.
+
+Everything the loop knows between two events is ``LoopState``; a checkpoint is that state
+at an instant boundary (engine/core/checkpoint.py). The loop reaches executors only
+through a ``Backend`` (engine/core/backend.py): the Ray pool, or the in-process backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from algorithms import ALGORITHMS
+from algorithms.base import Algorithm, Update
+from engine.core import checkpoint, dispatch
+from engine.core.backend import FINETUNE, Backend, JobOutput, JobSpec, OnOutputs
+from engine.core.client_states import client_states
+from engine.core.clock import EventQueue, Priority
+from engine.core.delays import DelayModel
+from engine.core.jobs import InFlight, JobTable, ServerWork, VersionStore, assign_stacks
+from engine.core.recorder import RunRecorder
+from engine.core.rng import stream
+from engine.core.server_queue import ServerQueue
+from engine.core.state import LoopState
+
+STALL_JOBS = 2000  # jobs ending with no new global version before the run is called stalled
+
+
+class Simulation:
+    def __init__(
+        self,
+        cfg: Any,
+        backend_factory: Callable[[OnOutputs], Backend],
+        sizes: np.ndarray,
+        progress: dict[str, Any] | None = None,
+        wall_start: float | None = None,
+    ) -> None:
+        """``backend_factory(on_outputs)`` builds the backend that will run the jobs;
+        ``sizes``: each client's training shard size; ``progress`` is updated as it runs;
+        ``wall_start``: when the run started (wall time and start-up count from it)."""
+        self.cfg = cfg
+        self.sizes = sizes
+        self.progress = {} if progress is None else progress
+        self.algorithm: Algorithm[Any] = ALGORITHMS[cfg.algorithm.name](
+            cfg.algorithm.params, cfg.training, sizes, cfg.server.cost
+        )
+        self.delays = DelayModel(cfg.clients, cfg.seed)
+        self.backend: Backend = backend_factory(self._on_outputs)
+        self.wall = cfg.clock.mode == "wall"
+        self.evals: set[asyncio.Future[None]] = set()
+        self.loop_wall_start = 0.0
+        self.wall_start = time.time() if wall_start is None else wall_start
+        self.snapshots = checkpoint.Snapshots(cfg.checkpoint.every)
+        self.on_step: Callable[[], None] | None = None  # called after every step of the loop
+
+    def _fresh_state(self, model: np.ndarray) -> LoopState:
+        cfg = self.cfg
+        return LoopState(
+            algorithm=self.algorithm.init(np.asarray(model, dtype=np.float32)),
+            jobs=JobTable(cfg.clients.num),
+            job_counter=np.zeros(cfg.clients.num, dtype=np.int64),
+            ready=EventQueue(),
+            versions=VersionStore(self.backend.put),
+            recorder=RunRecorder(cfg, self.delays.describe()),
+            client_states=client_states(cfg.server.client_state, cfg.server.client_state_dir),
+            server=ServerQueue(cfg.server.capacity),
+        )
+
+    # ---- the run -------------------------------------------------------------------------
+    async def run(self, resume: checkpoint.Checkpoint | None = None) -> dict[str, Any]:
+        """Run to a stop rule; ``resume``: a loaded checkpoint to continue from."""
+        self.progress["phase"] = "starting executors"
+        initial = await self.backend.start()
+        self.setup_seconds = time.time() - self.wall_start
+        self.s = self._fresh_state(initial)
+        self.model_bytes = int(self.s.algorithm.model.nbytes)
+        try:
+            if resume is None:
+                self._new_version(0.0)
+                self._dispatch()
+            else:
+                checkpoint.restore(self, resume)
+            self.progress["phase"] = "running"
+            return await self._run()
+        finally:
+            self.backend.shutdown()
+            self.s.client_states.close()
+
+    async def _run(self) -> dict[str, Any]:
+        s = self.s
+        while not self._should_stop():
+            advanced = await (self._step_wall() if self.wall else self._step_virtual())
+            if not advanced:
+                s.stop_reason = s.stop_reason or "nothing left to run"
+                break
+            if not self.wall and not self._should_stop():
+                self.snapshots.take_if_due(self)  # at the instant boundary: every event applied
+            if self.on_step is not None:
+                self.on_step()
+            # Let evaluations and progress() calls in: without a real wait (the in-process
+            # backend) nothing else would run until the loop ends.
+            await asyncio.sleep(0)
+        version = s.algorithm.version
+        if version not in s.recorder.evaluated and s.stop_reason != "target_accuracy":
+            self.evaluate(version)  # a target stop ends at an evaluated version already
+        if self.evals:
+            await asyncio.gather(*self.evals)
+        result = s.recorder.result(
+            s.stop_reason,
+            s.now,
+            time.time() - self.wall_start,
+            self.setup_seconds,
+            {**self.algorithm.stats(s.algorithm), **self._server_stats()},
+            self.backend.replaced,
+        )
+        cut = result["summary"]["versions"] if s.recorder.truncated else version
+        result["model"] = s.target_models.get(cut, s.algorithm.model)
+        result["summary"]["model_version"] = cut
+        result["summary"]["engine"] = dict(self.backend.stats)
+        return result
+
+    def _server_stats(self) -> dict[str, float]:
+        busy = self.s.server.busy_seconds
+        return {"server_queue_seconds": busy} if busy else {}
+
+    # ---- one step of each clock ------------------------------------------------------------
+    def _earliest_unresolved(self) -> tuple[float, Any]:
+        """The earliest lower bound among jobs and server work still computing."""
+        f = self.s.jobs.earliest_unresolved()
+        best: tuple[float, Any] = (f.lower_bound, f) if f is not None else (math.inf, None)
+        for w in self.s.server_work.values():
+            if w.model is None and w.finish < best[0]:
+                best = (w.finish, w)
+        return best
+
+    async def _step_virtual(self) -> bool:
+        s = self.s
+        t_timer = self.algorithm.next_timer(s.algorithm)
+        t_timer = math.inf if t_timer is None else t_timer
+        head = s.ready.peek()
+        t_next = min(head.time if head else math.inf, t_timer)
+        bound, pending = self._earliest_unresolved()
+        if pending is not None and bound <= t_next:
+            # The earliest possible event is still computing: wait for results.
+            if isinstance(pending, InFlight) and pending.held is not None:
+                self.send(pending)  # a held-back job turns out to be needed
+            await self.backend.wait_any()
+            return True
+        if t_next == math.inf:
+            return await self._idle_until_available()
+        limit = self.cfg.stop.max_sim_time
+        if limit and t_next > limit:
+            s.now, s.stop_reason = limit, "max_sim_time"
+            return True
+        s.now = t_next
+        while (head := s.ready.peek()) is not None and head.time <= t_next and not self._should_stop():
+            self._apply(s.ready.pop().payload)
+        if t_timer == t_next and not self._should_stop():
+            s.algorithm = self.algorithm.on_timer(s.algorithm, t_next)
+            self._maybe_new_version()
+        self._end_of_instant()
+        return True
+
+    async def _step_wall(self) -> bool:
+        s = self.s
+        t_timer = self.algorithm.next_timer(s.algorithm)
+        # Server work with its result in hand wakes the loop at its finish, like a timer;
+        # fine-tuning still computing wakes it by arriving.
+        due = [w.finish for w in s.server_work.values() if w.model is not None]
+        t_wake = min([*due, *([t_timer] if t_timer is not None else [])], default=None)
+        if not s.jobs and not s.server_work and t_timer is None:
+            return await self._idle_until_available()
+        timeout = None if t_wake is None else max(0.0, t_wake - self._wall_now())
+        await self.backend.wait_any(timeout)
+        s.now = self._wall_now()
+        while s.ready and not self._should_stop():  # arrival order: the wall clock decides
+            self._apply(s.ready.pop().payload)
+        for w in sorted(s.server_work.values(), key=lambda w: (w.finish, w.seq)):
+            if w.model is not None and w.finish <= s.now and not self._should_stop():
+                self._apply(w)
+        if t_timer is not None and s.now >= t_timer and not self._should_stop():
+            s.algorithm = self.algorithm.on_timer(s.algorithm, s.now)
+            self._maybe_new_version()
+        self._end_of_instant()
+        return True
+
+    def _wall_now(self) -> float:
+        return (time.time() - self.loop_wall_start) / self.cfg.clock.wall_scale
+
+    async def _idle_until_available(self) -> bool:
+        """Nothing is running: move on to the next availability change, if any (in wall
+        mode by sleeping until then)."""
+        s = self.s
+        t = self.delays.next_change(s.now)
+        if s.jobs or s.server_work or t == math.inf:
+            return False
+        if self.wall:
+            await asyncio.sleep((t - s.now) * self.cfg.clock.wall_scale)
+        s.now = t
+        self._dispatch()
+        return True
+
+    def _end_of_instant(self) -> None:
+        """After every event of an instant: drop unwanted jobs, dispatch, start server work."""
+        s = self.s
+        if self._should_stop():
+            return
+        s.algorithm, unwanted = self.algorithm.discard(s.algorithm)
+        for client in unwanted:
+            f = s.jobs.of_client(client)
+            if f is not None:
+                self._drop_job(f)
+        self._dispatch()
+
+    # ---- dispatch --------------------------------------------------------------------------
+    def _dispatch(self) -> None:
+        s = self.s
+        if s.dispatch_calls == 0:
+            self.loop_wall_start = time.time()
+        idle = np.flatnonzero(~s.jobs.busy & self.delays.available(s.now))
+        rng = stream(self.cfg.seed, "select", s.dispatch_calls)
+        s.dispatch_calls += 1
+        s.algorithm, jobs = self.algorithm.jobs(s.algorithm, s.now, idle, rng)
+        flights = [
+            dispatch.in_flight(s, self.delays, int(self.sizes[j.client]), self.model_bytes, j) for j in jobs
+        ]
+        quorum: dict[int, list[InFlight]] = {}
+        direct: list[InFlight] = []
+        for job, f in zip(jobs, flights, strict=True):
+            s.recorder.bytes_down += f.bytes_down
+            if self.delays.dropped(f.client, f.job_index):
+                # Rule: skip provably discarded work. The event still happens.
+                f.dropped = True
+                s.jobs.add(f, computed=False)
+                s.ready.push(f.lower_bound, Priority.COMPLETION, f, seq=f.seq)
+                continue
+            s.jobs.add(f, computed=True)
+            (quorum.setdefault(job.quorum, []) if job.quorum > 0 else direct).append(f)
+        assign_stacks(
+            direct + [f for group in quorum.values() for f in group], self.cfg.executors.stack, self.sizes
+        )
+        for f in direct:
+            self.send(f)
+        for k, group in quorum.items():
+            # Over-selection: the engine (not the algorithm: no clairvoyance) knows which
+            # jobs would finish first; the others are held back, computed only if needed.
+            by_finish = sorted(
+                group, key=lambda f: (dispatch.expected_finish(self.delays, self.model_bytes, f), f.seq)
+            )
+            for i, f in enumerate(by_finish):
+                self.send(f, hold=i >= k)
+        s.algorithm, work = self.algorithm.server_jobs(s.algorithm)
+        for server_job in work:
+            w = dispatch.server_work(s, server_job, queue_events=not self.wall)
+            if w.model is None:
+                self.send_server_work(w)
+
+    def send(self, f: InFlight, hold: bool = False) -> None:
+        """Hand a job to the backend (or hold it back); sending a held job releases it."""
+        if f.held is not None:
+            spec, ref = f.held
+            f.held = None
+        else:
+            ref = self.s.versions.hold(f.version)
+            spec = dispatch.job_spec(self.cfg, self.s, self.delays, self.loop_wall_start, f)
+            if hold:
+                f.held = (spec, ref)
+                return
+        self.backend.enqueue(spec, ref, f.lower_bound)
+
+    def send_server_work(self, w: ServerWork) -> None:
+        """Fine-tune ``w``'s model on the backend; its result is due at ``w.finish``."""
+        ref = self.backend.put(w.job.model)
+        spec = JobSpec(
+            w.uid, -1, w.job.key, self.cfg.server.finetune_task, 0, urgency=w.finish, kind=FINETUNE
+        )
+        self.backend.enqueue(spec, ref, w.finish)
+
+    def _drop_job(self, f: InFlight) -> None:
+        """The algorithm discarded an in-flight job: forget it, compute it not at all if
+        it is still held or queued, and record it as dropped now."""
+        s = self.s
+        s.jobs.remove(f.seq)
+        f.discarded = True
+        self.backend.cancel(f.seq)
+        if not f.dropped:
+            s.versions.release(f.version)
+        s.recorder.discarded += 1
+        s.recorder.job(f, s.now, s.algorithm.version - f.version, 0, dropped=True)
+
+    def _on_outputs(self, outputs: list[JobOutput]) -> None:
+        s = self.s
+        for out in outputs:
+            if out.uid < 0:
+                w = s.server_work.get(out.uid)
+                if w is not None and w.model is None:
+                    w.model = out.payload["model"]
+                    if not self.wall:  # wall mode applies it once the clock reaches its finish
+                        s.ready.push(w.finish, Priority.TIMER, w, seq=w.seq)
+                continue
+            f = s.jobs.get(out.uid)
+            if f is None or f.output is not None:
+                continue  # discarded, or a re-run of a job whose first run also returned
+            f.output = out
+            if self.wall:
+                finish = self._wall_now()
+            else:
+                up = out.bytes_up if f.cost.bytes_up is None else f.cost.bytes_up
+                finish = (
+                    f.dispatch_time
+                    + f.download
+                    + f.compute
+                    + f.exchange
+                    + self.delays.upload_time(f.client, up)
+                )
+            s.ready.push(finish, Priority.COMPLETION, f, seq=f.seq)
+
+    # ---- applying events -------------------------------------------------------------------
+    def _apply(self, event: InFlight | ServerWork) -> None:
+        if isinstance(event, ServerWork):
+            s = self.s
+            del s.server_work[event.uid]
+            assert event.model is not None
+            s.algorithm = self.algorithm.on_server_job(s.algorithm, event.job, event.model, s.now)
+            self._maybe_new_version()
+        else:
+            self._complete(event)
+
+    def _complete(self, f: InFlight) -> None:
+        s = self.s
+        if f.discarded:
+            return  # its result arrived before the algorithm discarded it
+        s.jobs.remove(f.seq)
+        now = s.now
+        lost = f.dropped or not self.delays.is_available(f.client, now)
+        staleness = s.algorithm.version - f.version
+        if lost or f.output is None:
+            s.algorithm = self.algorithm.on_drop(s.algorithm, f.client, now)
+            s.recorder.job(f, now, staleness, 0, dropped=True)
+        else:
+            out = f.output
+            if out.client_state is not None:
+                s.client_states.put(f.client, out.client_state)
+            delta = self.algorithm.decode(out.payload, f.client)
+            base = s.versions.params(f.version)
+            update = Update(f.client, delta, out.num_samples, f.version, base, out.payload)
+            s.algorithm = self.algorithm.on_update(s.algorithm, update, now)
+            up = (
+                out.bytes_up if f.cost.bytes_up is None else f.cost.bytes_up
+            ) + f.cost.round_trips * f.cost.round_trip_bytes_up
+            s.recorder.bytes_up += up
+            s.recorder.job(f, now, staleness, up, dropped=False, train_loss=out.metrics.get("train_loss"))
+        if not f.dropped:
+            s.versions.release(f.version)
+        self._maybe_new_version()
+
+    def _maybe_new_version(self) -> None:
+        if self.s.algorithm.version != self.s.recorder.last_version:
+            self._new_version(self.s.now)
+
+    def _new_version(self, now: float) -> None:
+        s = self.s
+        v = s.algorithm.version
+        s.versions.set_current(v, s.algorithm.model)
+        s.recorder.version(v, now, time.time() - self.wall_start)
+        if v % self.cfg.eval.every == 0:
+            self.evaluate(v)
+        self.snapshots.on_version(v)
+        self.progress.update(s.recorder.progress(s.now, len(s.jobs)))
+
+    def evaluate(self, version: int) -> None:
+        s = self.s
+        ref = s.versions.hold(version)
+        params = s.versions.params(version)
+        s.recorder.pending_evals.add(version)
+
+        async def go() -> None:
+            scores = await self.backend.evaluate(ref)
+            acc = scores["accuracy"]
+            if self.cfg.stop.target_accuracy and acc >= self.cfg.stop.target_accuracy:
+                s.target_models[version] = params  # the run may end here: keep its model
+            s.versions.release(version)
+            s.recorder.evaluation(version, scores)
+            self.progress["accuracy"] = acc
+
+        task = asyncio.ensure_future(go())
+        self.evals.add(task)
+        task.add_done_callback(self.evals.discard)
+
+    def _should_stop(self) -> bool:
+        s = self.s
+        if s.stop_reason:
+            return True
+        stop, rec = self.cfg.stop, s.recorder
+        self.backend.check()
+        if stop.max_versions and s.algorithm.version >= stop.max_versions:
+            s.stop_reason = "max_versions"
+        elif stop.max_bytes and rec.bytes_up + rec.bytes_down >= stop.max_bytes:
+            s.stop_reason = "max_bytes"
+        elif stop.target_accuracy and rec.target_version() is not None:
+            s.stop_reason = "target_accuracy"
+        elif rec.jobs_since_version > max(STALL_JOBS, 20 * self.cfg.clients.num):
+            # E.g. a round deadline shorter than every client's job: without this guard a
+            # run bounded only by max_versions would go on forever.
+            s.stop_reason = "stalled: many jobs ended without a new global version"
+        return bool(s.stop_reason)

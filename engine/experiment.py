@@ -1,0 +1,197 @@
+"""One experiment, on either backend: ``run_experiment(cfg)``.
+
+``executors.backend=ray`` (the default) runs the loop in a server actor with executor
+actors on the local Ray or a cluster; ``executors.backend=local`` runs the same loop and
+the same jobs in this process, with no Ray at all. Both give identical results.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+import uuid
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from engine.config import Config, ConfigError
+from engine.report.results import default_out_dir, write_results
+
+if TYPE_CHECKING:
+    from engine.core.checkpoint import Checkpoint
+    from engine.runtime.pool import Placement
+
+ProgressHook = Callable[[dict[str, Any]], None]
+T = TypeVar("T")
+
+
+class RunFailedError(RuntimeError):
+    """A job or the loop raised: the run cannot go on (the message names the cause)."""
+
+
+class Watcher:
+    """The progress bar and the caller's hooks, fed by either backend."""
+
+    def __init__(
+        self, cfg: Config, show: bool, on_progress: ProgressHook | None, on_evaluation: ProgressHook | None
+    ) -> None:
+        from tqdm.auto import tqdm  # a widget in notebooks, text in a terminal
+
+        self.bar = tqdm(
+            total=cfg.stop.max_versions or None, unit="version", disable=not show, file=sys.stderr
+        )
+        self.on_progress = on_progress
+        self.on_evaluation = on_evaluation
+        self.seen = 0  # evaluation rows handed out
+
+    def progress(self, info: dict[str, Any]) -> None:
+        if self.on_progress is not None:
+            self.on_progress(info)
+        self.bar.set_description(info.get("phase", ""), refresh=False)
+        if "version" in info:
+            self.bar.update(max(0, info["version"] - self.bar.n))
+            post = {"sim_t": f"{info['sim_time']:.4g}", "acc": f"{info.get('accuracy', float('nan')):.3f}"}
+            self.bar.set_postfix(post, refresh=False)
+
+    def evaluations(self, rows: list[dict[str, Any]]) -> None:
+        self.seen += len(rows)
+        if self.on_evaluation is not None:
+            for row in rows:
+                self.on_evaluation(row)
+
+    def close(self, versions: int) -> None:
+        self.bar.update(max(0, versions - self.bar.n))
+        self.bar.close()
+
+
+def run_experiment(
+    cfg: Config,
+    *,
+    show_progress: bool = False,
+    on_progress: ProgressHook | None = None,
+    on_evaluation: ProgressHook | None = None,
+    write: bool = True,
+    placement: Placement | None = None,
+    resume: bytes | None = None,
+    executors: list[Any] | None = None,
+) -> tuple[dict[str, Any], Path | None]:
+    """Run ``cfg``; write its results; return (result, out_dir).
+
+    ``on_progress`` gets the loop's progress dict about four times a second;
+    ``on_evaluation`` gets every evaluation row exactly once, in version order
+    (``version, accuracy, loss, sim_time, wall_time, updates, bytes_up, ...``).
+    ``resume`` continues from a checkpoint (engine/core/checkpoint.py): with ``checkpoint.every``
+    set, evaluation rows carry one under ``"checkpoint"`` (bytes) every that many versions.
+    Ray backend only: ``placement`` pins the server and each executor to its own bundle of
+    a placement group (a Tune trial's; the group reserved them, so the cluster is not
+    checked); ``executors``: executor actors (``engine.runtime.pool.bare_executor``) this run
+    sets up and uses instead of starting its own, and leaves running for the caller's next run.
+    A Ray that is not running is started for the run and shut down after it.
+    """
+    from engine.core import checkpoint
+
+    loaded = None
+    if resume is not None:
+        try:  # fail here, in one line, rather than inside the loop
+            loaded = checkpoint.load(resume, cfg)
+        except ValueError as e:
+            raise ConfigError(f"cannot resume: {e}") from None
+    run_id = uuid.uuid4().hex[:8]
+    out_dir = default_out_dir(cfg, f"{time.strftime('%Y%m%d-%H%M%S')}-{run_id[:4]}")
+    watcher = Watcher(cfg, show_progress, on_progress, on_evaluation)
+    try:
+        if cfg.executors.backend == "local":
+            if placement is not None or executors is not None:
+                raise ValueError("placement and executors are for executors.backend=ray")
+            result = _run_local(cfg, watcher, loaded)
+        else:
+            result = _run_ray(cfg, run_id, watcher, placement, resume, executors)
+        watcher.close(result["summary"]["versions"])
+    finally:
+        watcher.bar.close()
+    path = write_results(out_dir, cfg, result) if write else None
+    return result, path
+
+
+def _run_local(cfg: Config, watcher: Watcher, resume: Checkpoint | None) -> dict[str, Any]:
+    from engine.core.loop import Simulation
+    from engine.worker.data import load_data
+    from engine.worker.local import LocalBackend
+    from engine.worker.worker import ExecutorSpec
+
+    started = time.time()
+    data = load_data(cfg)
+    spec = ExecutorSpec.of(cfg)
+    progress: dict[str, Any] = {"phase": "loading data"}
+    sim = Simulation(cfg, lambda out: LocalBackend(spec, data, out), data.shards.sizes, progress, started)
+    last = [0.0, -1]  # wall time of the last report, evaluations seen then
+
+    def report() -> None:
+        now, rec = time.time(), sim.s.recorder
+        if len(rec.evaluated) != last[1]:  # rows (and their snapshots) as they settle
+            last[1] = len(rec.evaluated)
+            rows = rec.settled_evaluations()[watcher.seen :]
+            for row in rows:
+                row["checkpoint"] = sim.snapshots.pop(row["version"])
+            watcher.evaluations(rows)
+        if now - last[0] > 0.25:
+            last[0] = now
+            watcher.progress(dict(progress))
+
+    sim.on_step = report
+    result = _run_coroutine(sim.run(resume))
+    report()
+    return result
+
+
+def _run_coroutine(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` to its end, also from inside a running event loop (a notebook's)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+def _run_ray(
+    cfg: Config,
+    run_id: str,
+    watcher: Watcher,
+    placement: Placement | None,
+    resume: bytes | None,
+    executors: list[Any] | None,
+) -> dict[str, Any]:
+    import ray
+
+    from engine.runtime.connect import connect_ray, near_driver, resolve_executors
+    from engine.runtime.host import Server
+
+    started = connect_ray(cfg)
+    server = None
+    try:
+        num = resolve_executors(cfg) if placement is None else placement.executors
+        if executors is not None and len(executors) != num:
+            raise ValueError(f"{len(executors)} executors handed in for a run of {num}")
+        where = {"scheduling_strategy": placement.server() if placement else near_driver(cfg)}
+        args = (cfg, run_id, num, placement, resume, executors)
+        server = Server.options(num_cpus=cfg.server.num_cpus, **where).remote(*args)  # type: ignore[attr-defined]
+        ref = server.run.remote()
+        while not ray.wait([ref], timeout=0.25)[0]:
+            watcher.evaluations(ray.get(server.evaluations.remote(watcher.seen)))
+            watcher.progress(ray.get(server.progress.remote()))
+        try:
+            result: dict[str, Any] = ray.get(ref)
+        except ray.exceptions.RayTaskError as e:
+            raise RunFailedError(repr(e.cause)) from e
+        if "config_error" in result:
+            raise ConfigError(result["config_error"])
+        watcher.evaluations(ray.get(server.evaluations.remote(watcher.seen)))
+        return result
+    finally:
+        if server is not None:
+            ray.kill(server)
+        if started:
+            ray.shutdown()

@@ -1,0 +1,227 @@
+"""What an executor computes, without Ray: a run's data, workload, algorithm and one cached
+model; client jobs (one at a time, or a stack trained together), server fine-tuning, and
+evaluations. The Ray executor actor (engine/runtime/executor.py) and the in-process
+backend (engine/worker/local.py) both run their jobs through a ``Worker``, so a job's
+result depends only on its spec and start model, never on where it ran.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from algorithms import ALGORITHMS
+from algorithms.base import payload_bytes
+from algorithms.task import LocalTraining
+from engine.core.backend import FINETUNE, JobOutput, JobSpec
+from engine.core.rng import int_seed, stream
+from engine.worker.data import RunData
+from workloads import WORKLOADS, DatasetMeta, ParamLayout
+
+if TYPE_CHECKING:
+    from engine.config import Config
+    from engine.worker.training import ClientData
+
+
+@dataclass(frozen=True)
+class ExecutorSpec:
+    """What every executor of a run is built from."""
+
+    algorithm: str
+    algorithm_params: Any
+    workload: str
+    workload_params: Any
+    training: LocalTraining
+    seed: int
+    num_cpus: float
+    num_gpus: float
+    eval_batch_size: int
+    stack: int = 1
+
+    @staticmethod
+    def of(cfg: Config) -> ExecutorSpec:
+        return ExecutorSpec(
+            cfg.algorithm.name,
+            cfg.algorithm.params,
+            cfg.workload.name,
+            cfg.workload.params,
+            cfg.training,
+            cfg.seed,
+            cfg.executors.num_cpus,
+            cfg.executors.num_gpus,
+            cfg.eval.batch_size,
+            cfg.executors.stack,
+        )
+
+
+class Worker:
+    """Imports torch and picks its device; ``setup`` gives it a run (again for each run:
+    a sweep's next trial reuses the process, its torch import and its CUDA context)."""
+
+    def __init__(self, num_gpus: float) -> None:
+        import torch
+
+        self.torch = torch
+        self.device = torch.device("cuda" if num_gpus > 0 else "cpu")
+        if self.device.type == "cuda":
+            # A fractional GPU in Ray is only a scheduling label; cap memory for real.
+            torch.cuda.set_per_process_memory_fraction(min(1.0, num_gpus), self.device)
+
+    def setup(self, spec: ExecutorSpec, data: RunData) -> None:
+        """A run's data, workload, algorithm and seeded model."""
+        torch = self.torch
+        torch.set_num_threads(max(1, int(spec.num_cpus)))
+        self.spec = spec
+        self.data = data
+        self.dataset = data.dataset
+        self.shards = data.shards
+        self.workload = WORKLOADS[spec.workload](spec.workload_params)
+        self.algorithm = ALGORITHMS[spec.algorithm](spec.algorithm_params, spec.training, data.shards.sizes)
+        self.meta = DatasetMeta.of(self.dataset)
+        torch.manual_seed(int_seed(spec.seed, "init"))
+        self.model = self.workload.model(self.meta).to(self.device)
+        self.layout = ParamLayout.of(self.model)
+        self._test: dict[str, tuple[Any, Any]] = {}  # evaluation sets as tensors, made on first use
+        self._train_x = self._cache_on_device()
+        self._finetuner: Any = None
+
+    def initial_params(self) -> np.ndarray:
+        """The seeded initial model (built in ``setup``, identical on every executor)."""
+        return self.layout.flatten(self.model)
+
+    def compute(self, batch: list[tuple[JobSpec, np.ndarray]]) -> list[JobOutput]:
+        """Outputs of one job, or of one stack's jobs (all of it, or the part given here)."""
+        job, start = batch[0]
+        if job.stack is not None:
+            return self._run_stack(batch)
+        if job.kind == FINETUNE:
+            return [self._finetune(job, start)]
+        return [self._run_one(job, start)]
+
+    def _cache_on_device(self) -> Any:
+        """The training features as one tensor on the GPU, if they fit in half of this
+        executor's memory share: a job then slices its shard on the device instead of
+        copying it from host memory. On the CPU the uint8 arrays stay as they are (as
+        floats they would take 4x the memory, in every executor)."""
+        torch = self.torch
+        if self.device.type != "cuda":
+            return None
+        x = self.dataset.x_train
+        share = torch.cuda.get_device_properties(self.device).total_memory * min(1.0, self.spec.num_gpus)
+        if 4 * x.size > share / 2:  # float32 features
+            return None
+        return self.workload.to_tensor(x).to(self.device)
+
+    def _client_x(self, idx: np.ndarray) -> Any:
+        if self._train_x is not None:
+            return self._train_x[self.torch.from_numpy(idx).to(self.device)]
+        return self.workload.to_tensor(self.dataset.x_train[idx]).to(self.device)
+
+    def _client_data(self, job: JobSpec) -> tuple[ClientData, Any]:
+        """The job's shard as tensors and its keyed training generator."""
+        from engine.worker.training import ClientData
+
+        torch = self.torch
+        idx = self.shards.shard(job.client)
+        data = ClientData(
+            x=self._client_x(idx),
+            y=torch.from_numpy(np.asarray(self.dataset.y_train[idx], dtype=np.int64)).to(self.device),
+            loss_fn=self.workload.loss,
+            augment=self.workload.augment,
+            losses_fn=self.workload.losses,
+        )
+        key = int_seed(self.spec.seed, "train", job.client, job.job_index)
+        return data, torch.Generator().manual_seed(key)
+
+    def _output(
+        self, job: JobSpec, delta: np.ndarray, n: int, state: Any, metrics: dict[str, float]
+    ) -> JobOutput:
+        """The job's upload: its delta encoded by the algorithm (a keyed stream per job)."""
+        rng = stream(self.spec.seed, "encode", job.client, job.job_index)
+        payload, state = self.algorithm.encode(delta, state, rng)
+        return JobOutput(job.uid, payload, n, payload_bytes(payload), state, metrics)
+
+    def _run_stack(self, batch: list[tuple[JobSpec, np.ndarray]]) -> list[JobOutput]:
+        """Jobs of one stack trained together in their slots (engine/worker/stacked.py)."""
+        from engine.worker.stacked import stacked_rows, stacked_sgd
+
+        first = batch[0][0]
+        assert first.stack is not None
+        slots: list[Any] = [None] * first.stack.size
+        for job, _start in batch:
+            assert job.stack is not None
+            slots[job.stack.slot] = self._client_data(job)
+        self.layout.load(self.model, batch[0][1])  # one start model: the stack shares its task
+        self.torch.manual_seed(int_seed(self.spec.seed, "stack_global", first.stack.key))
+        params, losses = stacked_sgd(self.model, slots, first.task, first.stack.width)
+        rows = stacked_rows(self.model, self.layout.names, params).cpu().numpy()
+        outs = []
+        for job, start in batch:
+            assert job.stack is not None
+            delta = np.subtract(start, rows[job.stack.slot], dtype=np.float32)
+            n = len(slots[job.stack.slot][0])  # the shard's size (ShardIndex.sizes diffs them all)
+            outs.append(self._output(job, delta, n, job.client_state, {"train_loss": losses[job.stack.slot]}))
+        return outs
+
+    def _run_one(self, job: JobSpec, start: np.ndarray) -> JobOutput:
+        torch = self.torch
+        data, generator = self._client_data(job)
+        self.layout.load(self.model, start)
+        # Dropout draws from torch's global generator: key it per job too, so a result does
+        # not depend on the jobs this executor happened to run before.
+        torch.manual_seed(int_seed(self.spec.seed, "train_global", job.client, job.job_index))
+        result = self.algorithm.client_update(self.model, data, job.task, job.client_state, generator)
+        end = self.layout.flatten(self.model)
+        delta = np.subtract(start, end, dtype=np.float32)
+        return self._output(job, delta, len(data), result.client_state, result.metrics)
+
+    def _finetune(self, job: JobSpec, start: np.ndarray) -> JobOutput:
+        """Server fine-tuning of an aggregate; ``job.job_index`` is the version it becomes."""
+        from engine.worker.finetune import FineTuner
+
+        if self._finetuner is None:
+            idx = self.data.server_idx
+            if idx is None:
+                raise RuntimeError("a fine-tuning job reached a run without server examples")
+            x, y = self.dataset.x_train[idx], self.dataset.y_train[idx]
+            self._finetuner = FineTuner(self.workload, self.meta, x, y, self.spec.seed)
+        model = self._finetuner(start, job.task, job.job_index)
+        return JobOutput(job.uid, {"model": model}, 0, int(model.nbytes), None, {})
+
+    def evaluate(self, params: np.ndarray) -> dict[str, float]:
+        """Metrics of ``params`` on the global test set (accuracy, loss) and, with local
+        test splits, on each client's (engine/core/evaluation.py)."""
+        from engine.core.evaluation import global_metrics, local_metrics
+
+        self.layout.load(self.model, params)
+        self.model.eval()
+        out = global_metrics(*self._scores("global"))
+        if self.data.local_test is not None:
+            out.update(local_metrics(*self._scores("local"), self.data.local_test.sizes))
+        return out
+
+    def _scores(self, which: str) -> tuple[np.ndarray, np.ndarray]:
+        """(correct, loss) of every example of one evaluation set, in order."""
+        torch = self.torch
+        if which not in self._test:
+            ds = self.dataset
+            if which == "global":
+                x, y = ds.x_test, ds.y_test
+            else:
+                assert self.data.local_test is not None
+                idx = self.data.local_test.indices
+                x, y = ds.x_train[idx], ds.y_train[idx]
+            y_t = torch.from_numpy(np.asarray(y, dtype=np.int64)).to(self.device)
+            self._test[which] = (self.workload.to_tensor(x).to(self.device), y_t)
+        x, y = self._test[which]
+        correct, losses, bs = [], [], self.spec.eval_batch_size
+        with torch.no_grad():
+            for i in range(0, len(y), bs):
+                logits = self.model(x[i : i + bs])
+                losses.append(self.workload.losses(logits, y[i : i + bs]).cpu())
+                correct.append((logits.argmax(dim=1) == y[i : i + bs]).cpu())
+        if not correct:
+            return np.zeros(0, dtype=bool), np.zeros(0, dtype=np.float32)
+        return torch.cat(correct).numpy(), torch.cat(losses).numpy()
