@@ -26,6 +26,7 @@ checkpointing is serialising it. Arrays in a state are never modified in place.
 from __future__ import annotations
 
 import dataclasses
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -66,9 +67,11 @@ class JobCost:
     server_seconds: float = 0.0  # server-side compute the job waits for (per job, in total)
 
     def __post_init__(self) -> None:
-        for name in ("round_trips", "round_trip_bytes_up", "round_trip_bytes_down", "server_seconds"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"JobCost.{name} must be >= 0 (got {getattr(self, name)})")
+        names = ("bytes_down", "bytes_up", "round_trips", "round_trip_bytes_up", "round_trip_bytes_down")
+        for name in (*names, "server_seconds"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value >= 0):  # NaN fails too
+                raise ValueError(f"JobCost.{name} must be a finite number >= 0 (got {value})")
         if not 0 < self.compute_fraction <= 1:
             raise ValueError(f"JobCost.compute_fraction must be in (0, 1] (got {self.compute_fraction})")
 
@@ -178,7 +181,7 @@ class Algorithm(ABC, Generic[StateT]):
     Params: ClassVar[type]
     description: ClassVar[str] = ""  # one line for --list
     # Whether the algorithm models the server's own time (ServerCost) and runs the
-    # server step; the engine refuses a server cost for the others instead of ignoring it.
+    # server fine-tuning; the engine refuses a server cost for the others instead of ignoring it.
     models_server_time: ClassVar[bool] = False
 
     def __init__(

@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -61,8 +62,7 @@ class Watcher:
             for row in rows:
                 self.on_evaluation(row)
 
-    def close(self, versions: int) -> None:
-        self.bar.update(max(0, versions - self.bar.n))
+    def close(self) -> None:
         self.bar.close()
 
 
@@ -100,17 +100,32 @@ def run_experiment(
             raise ConfigError(f"cannot resume: {e}") from None
     run_id = uuid.uuid4().hex[:8]
     out_dir = default_out_dir(cfg, f"{time.strftime('%Y%m%d-%H%M%S')}-{run_id[:4]}")
-    watcher = Watcher(cfg, show_progress, on_progress, on_evaluation)
-    try:
-        if cfg.executors.backend == "local":
-            if placement is not None or executors is not None:
-                raise ValueError("placement and executors are for executors.backend=ray")
+    if cfg.executors.backend == "local":
+        if placement is not None or executors is not None:
+            raise ValueError("placement and executors are for executors.backend=ray")
+        watcher = Watcher(cfg, show_progress, on_progress, on_evaluation)
+        try:
             result = _run_local(cfg, watcher, loaded)
-        else:
-            result = _run_ray(cfg, run_id, watcher, placement, resume, executors)
-        watcher.close(result["summary"]["versions"])
-    finally:
-        watcher.bar.close()
+        finally:
+            watcher.close()
+    else:
+        import ray
+
+        from engine.runtime.connect import connect_ray, resolve_executors
+
+        started = connect_ray(cfg)
+        try:  # the cluster is checked before anything starts or prints
+            num = resolve_executors(cfg) if placement is None else placement.executors
+            if executors is not None and len(executors) != num:
+                raise ValueError(f"{len(executors)} executors handed in for a run of {num}")
+            watcher = Watcher(cfg, show_progress, on_progress, on_evaluation)
+            try:
+                result = _run_ray(cfg, run_id, num, watcher, placement, resume, executors)
+            finally:
+                watcher.close()
+        finally:
+            if started:
+                ray.shutdown()
     path = write_results(out_dir, cfg, result) if write else None
     return result, path
 
@@ -125,7 +140,7 @@ def _run_local(cfg: Config, watcher: Watcher, resume: Checkpoint | None) -> dict
     data = load_data(cfg)
     spec = ExecutorSpec.of(cfg)
     progress: dict[str, Any] = {"phase": "loading data"}
-    sim = Simulation(cfg, lambda out: LocalBackend(spec, data, out), data.shards.sizes, progress, started)
+    sim = Simulation(cfg, partial(LocalBackend, spec, data), data.shards.sizes, progress, started)
     last = [0.0, -1]  # wall time of the last report, evaluations seen then
 
     def report() -> None:
@@ -142,6 +157,7 @@ def _run_local(cfg: Config, watcher: Watcher, resume: Checkpoint | None) -> dict
 
     sim.on_step = report
     result = _run_coroutine(sim.run(resume))
+    last[0] = 0.0
     report()
     return result
 
@@ -159,6 +175,7 @@ def _run_coroutine(coro: Coroutine[Any, Any, T]) -> T:
 def _run_ray(
     cfg: Config,
     run_id: str,
+    num: int,
     watcher: Watcher,
     placement: Placement | None,
     resume: bytes | None,
@@ -166,15 +183,11 @@ def _run_ray(
 ) -> dict[str, Any]:
     import ray
 
-    from engine.runtime.connect import connect_ray, near_driver, resolve_executors
+    from engine.runtime.connect import near_driver
     from engine.runtime.host import Server
 
-    started = connect_ray(cfg)
     server = None
     try:
-        num = resolve_executors(cfg) if placement is None else placement.executors
-        if executors is not None and len(executors) != num:
-            raise ValueError(f"{len(executors)} executors handed in for a run of {num}")
         where = {"scheduling_strategy": placement.server() if placement else near_driver(cfg)}
         args = (cfg, run_id, num, placement, resume, executors)
         server = Server.options(num_cpus=cfg.server.num_cpus, **where).remote(*args)  # type: ignore[attr-defined]
@@ -189,9 +202,8 @@ def _run_ray(
         if "config_error" in result:
             raise ConfigError(result["config_error"])
         watcher.evaluations(ray.get(server.evaluations.remote(watcher.seen)))
+        watcher.progress({"version": result["summary"]["versions"], **result["summary"]})
         return result
     finally:
         if server is not None:
             ray.kill(server)
-        if started:
-            ray.shutdown()

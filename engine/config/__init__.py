@@ -248,7 +248,7 @@ def _cross_checks(cfg: Config) -> None:
     if uses_server and not algorithm.models_server_time:
         which = ", ".join(n for n, a in ALGORITHMS.items() if a.models_server_time)
         raise ConfigError(
-            f"algorithm {cfg.algorithm.name!r} does not model the server's time or server step; "
+            f"algorithm {cfg.algorithm.name!r} does not model the server's time or fine-tuning; "
             f"leave server.steps and server.seconds_per_* at 0, or use one of {which}"
         )
     if cfg.executors.stack > 1 and algorithm.client_update is not Algorithm.client_update:

@@ -57,12 +57,16 @@ class JobOutput:
 
 
 OnOutputs = Callable[[list[JobOutput]], None]
+LoadState = Callable[[int], Any]  # a client's state, read when its job goes to an executor
 
 
 class Backend(Protocol):
     """Runs jobs and evaluations for the loop. Outputs are handed to the ``on_outputs``
     callback given at construction, as they finish; ``wait_any`` returns once at least one
-    has been handed over (or ``timeout`` passed)."""
+    has been handed over (or ``timeout`` passed). A client job's spec comes without its
+    client state: the backend reads it with the ``load_state`` callback given at
+    construction when it hands the job to an executor, so states wait on disk, not in
+    memory, while jobs queue."""
 
     replaced: int  # executors replaced after failures
     stats: dict[str, float]

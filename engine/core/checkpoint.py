@@ -82,7 +82,7 @@ def snapshot(sim: Simulation) -> bytes:
     versions = set(s.recorder.pending_evals)
     for f in sorted(s.jobs.by_seq.values(), key=lambda f: f.seq):
         versions.add(f.version)
-        jobs.append((dataclasses.replace(f, output=None, held=None), f.held is not None))
+        jobs.append((dataclasses.replace(f, output=None, held=None, staged=False), f.held is not None))
     work = tuple(
         dataclasses.replace(w, model=None if w.job.finetune else w.model)
         for w in sorted(s.server_work.values(), key=lambda w: w.seq)

@@ -5,10 +5,15 @@ residuals, control variates, a client's own frozen parameters). The loop hands a
 state to its next job and stores what the job returns; any executor can run any client.
 
 * ``memory``: a dict on the server (the default; right for small states or few clients).
-* ``disk``: one ``.npy`` file per client in a folder, read when the job is sent and written
-  when its result is applied, so the server holds only the states of jobs in flight:
+* ``disk``: one ``.npy`` file per client in a folder, read when the job is handed to an
+  executor (not at dispatch), so the server holds only the states of jobs computing:
   10,000 clients x 4 MB of state live on disk, not in memory (benchmarks/client_state.py).
   States must then be float/int arrays (data only: nothing is unpickled).
+
+A job's new state is *staged* when its result arrives (written to its own file at once,
+so results waiting for their virtual finish time hold no state in memory) and *committed*
+as the client's state only if the update is applied; a dropped or discarded job's state
+is thrown away, as the client's work never reached the server.
 """
 
 from __future__ import annotations
@@ -25,12 +30,22 @@ import numpy as np
 class MemoryStates:
     def __init__(self) -> None:
         self._states: dict[int, Any] = {}
+        self._staged: dict[int, Any] = {}  # by job uid
 
     def get(self, client: int) -> Any:
         return self._states.get(client)
 
     def put(self, client: int, state: Any) -> None:
         self._states[client] = state
+
+    def stage(self, uid: int, state: Any) -> None:
+        self._staged[uid] = state
+
+    def commit(self, uid: int, client: int) -> None:
+        self._states[client] = self._staged.pop(uid)
+
+    def discard(self, uid: int) -> None:
+        self._staged.pop(uid, None)
 
     def snapshot(self) -> dict[int, Any]:
         return dict(self._states)
@@ -40,6 +55,7 @@ class MemoryStates:
 
     def close(self) -> None:
         self._states.clear()
+        self._staged.clear()
 
 
 class DiskStates:
@@ -62,16 +78,33 @@ class DiskStates:
     def put(self, client: int, state: Any) -> None:
         if state is None:
             return
+        tmp = self.folder / f"put-{client}.npy"
+        self._write(tmp, state, client)
+        self._install(tmp, client)
+
+    def stage(self, uid: int, state: Any) -> None:
+        self._write(self.folder / f"staged-{uid}.npy", state, None)
+
+    def commit(self, uid: int, client: int) -> None:
+        self._install(self.folder / f"staged-{uid}.npy", client)
+
+    def discard(self, uid: int) -> None:
+        (self.folder / f"staged-{uid}.npy").unlink(missing_ok=True)
+
+    @staticmethod
+    def _write(path: Path, state: Any, client: int | None) -> None:
         if not isinstance(state, np.ndarray) or state.dtype == object:
+            who = "a client" if client is None else f"client {client}"
             raise TypeError(
-                f"server.client_state=disk stores numeric arrays only; client {client}'s state is "
+                f"server.client_state=disk stores numeric arrays only; {who}'s state is "
                 f"{type(state).__name__}: use server.client_state=memory"
             )
+        np.save(path, state, allow_pickle=False)
+
+    def _install(self, path: Path, client: int) -> None:
         if client >= len(self._have):
             self._have = np.concatenate([self._have, np.zeros(client + 1 - len(self._have), dtype=bool)])
-        tmp = self._path(client).with_suffix(".tmp.npy")
-        np.save(tmp, state, allow_pickle=False)
-        os.replace(tmp, self._path(client))  # a crash never leaves a half-written state
+        os.replace(path, self._path(client))  # atomic: a crash never leaves a half-written state
         self._have[client] = True
 
     def snapshot(self) -> dict[int, Any]:

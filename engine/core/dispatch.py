@@ -71,7 +71,7 @@ def job_spec(cfg: Any, s: LoopState, delays: DelayModel, loop_wall_start: float,
         f.job_index,
         f.task,
         0,
-        s.client_states.get(f.client),
+        None,  # its client state is read by the backend when the job is handed to an executor
         urgency=f.lower_bound,
         pad_until=pad,
         up_bytes_per_s=float(up),

@@ -30,7 +30,8 @@ class InFlight:
     cost: JobCost = field(default_factory=JobCost)
     dropped: bool = False  # lost to dropout: known at dispatch, never computed
     discarded: bool = False  # the algorithm no longer wants it
-    output: JobOutput | None = None
+    output: JobOutput | None = None  # its client state, if any, is staged in the store instead
+    staged: bool = False  # a new client state waits in the store for this job to be applied
     held: tuple[JobSpec, Any] | None = None  # (spec, params ref) while held back from the pool
     stack: Stack | None = None  # its place in a stack of jobs trained together
 

@@ -21,6 +21,7 @@ import asyncio
 import math
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -28,7 +29,7 @@ import numpy as np
 from algorithms import ALGORITHMS
 from algorithms.base import Algorithm, Update
 from engine.core import checkpoint, dispatch
-from engine.core.backend import FINETUNE, Backend, JobOutput, JobSpec, OnOutputs
+from engine.core.backend import FINETUNE, Backend, JobOutput, JobSpec, LoadState, OnOutputs
 from engine.core.client_states import client_states
 from engine.core.clock import EventQueue, Priority
 from engine.core.delays import DelayModel
@@ -45,12 +46,12 @@ class Simulation:
     def __init__(
         self,
         cfg: Any,
-        backend_factory: Callable[[OnOutputs], Backend],
+        backend_factory: Callable[[OnOutputs, LoadState], Backend],
         sizes: np.ndarray,
         progress: dict[str, Any] | None = None,
         wall_start: float | None = None,
     ) -> None:
-        """``backend_factory(on_outputs)`` builds the backend that will run the jobs;
+        """``backend_factory(on_outputs, load_state)`` builds the backend that runs the jobs;
         ``sizes``: each client's training shard size; ``progress`` is updated as it runs;
         ``wall_start``: when the run started (wall time and start-up count from it)."""
         self.cfg = cfg
@@ -60,7 +61,9 @@ class Simulation:
             cfg.algorithm.params, cfg.training, sizes, cfg.server.cost
         )
         self.delays = DelayModel(cfg.clients, cfg.seed)
-        self.backend: Backend = backend_factory(self._on_outputs)
+        self.backend: Backend = backend_factory(
+            self._on_outputs, lambda client: self.s.client_states.get(client)
+        )
         self.wall = cfg.clock.mode == "wall"
         self.evals: set[asyncio.Future[None]] = set()
         self.loop_wall_start = 0.0
@@ -297,6 +300,8 @@ class Simulation:
         s = self.s
         s.jobs.remove(f.seq)
         f.discarded = True
+        if f.staged:
+            s.client_states.discard(f.seq)
         self.backend.cancel(f.seq)
         if not f.dropped:
             s.versions.release(f.version)
@@ -316,6 +321,9 @@ class Simulation:
             f = s.jobs.get(out.uid)
             if f is None or f.output is not None:
                 continue  # discarded, or a re-run of a job whose first run also returned
+            if out.client_state is not None:  # off the heap until the update is applied
+                s.client_states.stage(f.seq, out.client_state)
+                f.staged, out = True, replace(out, client_state=None)
             f.output = out
             if self.wall:
                 finish = self._wall_now()
@@ -350,12 +358,14 @@ class Simulation:
         lost = f.dropped or not self.delays.is_available(f.client, now)
         staleness = s.algorithm.version - f.version
         if lost or f.output is None:
+            if f.staged:
+                s.client_states.discard(f.seq)
             s.algorithm = self.algorithm.on_drop(s.algorithm, f.client, now)
             s.recorder.job(f, now, staleness, 0, dropped=True)
         else:
             out = f.output
-            if out.client_state is not None:
-                s.client_states.put(f.client, out.client_state)
+            if f.staged:
+                s.client_states.commit(f.seq, f.client)
             delta = self.algorithm.decode(out.payload, f.client)
             base = s.versions.params(f.version)
             update = Update(f.client, delta, out.num_samples, f.version, base, out.payload)

@@ -11,7 +11,7 @@ import ray
 
 from engine.config import Config, ConfigError
 from engine.core import checkpoint
-from engine.core.backend import OnOutputs
+from engine.core.backend import LoadState, OnOutputs
 from engine.core.loop import Simulation
 from engine.runtime.pool import ExecutorPool, Placement
 from engine.worker.data import load_data
@@ -64,10 +64,10 @@ class Server:
         data_ref = ray.put(data)
         batch = 1 if cfg.clock.mode == "wall" else cfg.executors.max_batch
 
-        def pool(on_outputs: OnOutputs) -> ExecutorPool:
+        def pool(on_outputs: OnOutputs, load_state: LoadState) -> ExecutorPool:
             num, where, warm = self.num_executors, self.placement, self.warm
             return ExecutorPool(
-                self.run_id, num, spec, data_ref, batch, on_outputs, placement=where, warm=warm
+                self.run_id, num, spec, data_ref, batch, on_outputs, load_state, placement=where, warm=warm
             )
 
         self.sim = Simulation(cfg, pool, data.shards.sizes, self.progress_info, wall_start=started)

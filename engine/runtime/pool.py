@@ -24,7 +24,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from ray.util.placement_group import PlacementGroup
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from engine.core.backend import JobOutput, JobSpec
+from engine.core.backend import CLIENT, JobOutput, JobSpec, LoadState
 from engine.runtime.executor import Executor
 from engine.worker.worker import ExecutorSpec
 
@@ -108,6 +108,7 @@ class ExecutorPool:
         data_ref: Any,
         max_batch: int,
         on_outputs: Callable[[list[JobOutput]], None],
+        load_state: LoadState,
         placement: Placement | None = None,
         warm: list[Any] | None = None,
     ) -> None:
@@ -117,6 +118,7 @@ class ExecutorPool:
         self._args = (data_ref,)  # the run's data (RunData), one object in the store
         self.max_batch = max_batch
         self.on_outputs = on_outputs
+        self.load_state = load_state
         # warm: executors that outlive this run (a sweep's, reused trial after trial)
         self.slots = [
             _Slot(i, warm[i], borrowed=True) if warm else _Slot(i, self._create(i, 0)) for i in range(num)
@@ -201,7 +203,8 @@ class ExecutorPool:
         for q in items:
             if q.params_ref not in refs:
                 refs.append(q.params_ref)
-            specs.append(replace(q.spec, param_slot=refs.index(q.params_ref)))
+            state = self.load_state(q.spec.client) if q.spec.kind == CLIENT else None
+            specs.append(replace(q.spec, param_slot=refs.index(q.params_ref), client_state=state))
         call = Call(slot, slot.actor, items)
         stream = slot.actor.run.options(num_returns="streaming").remote(specs, *refs)
         call.future = asyncio.ensure_future(self._consume(call, stream))

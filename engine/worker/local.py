@@ -10,20 +10,24 @@ the loop's virtual-time order decides everything; evaluations run at once.
 from __future__ import annotations
 
 import heapq
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
-from engine.core.backend import JobSpec, OnOutputs
+from engine.core.backend import CLIENT, JobSpec, LoadState, OnOutputs
 from engine.worker.data import RunData
 from engine.worker.worker import ExecutorSpec, Worker
 
 
 class LocalBackend:
-    def __init__(self, spec: ExecutorSpec, data: RunData, on_outputs: OnOutputs) -> None:
+    def __init__(
+        self, spec: ExecutorSpec, data: RunData, on_outputs: OnOutputs, load_state: LoadState
+    ) -> None:
         self.spec = spec
         self.data = data
         self.on_outputs = on_outputs
+        self.load_state = load_state
         self.queue: list[tuple[float, int, JobSpec, np.ndarray]] = []
         self.replaced = 0
         self.stats: dict[str, float] = {"jobs": 0}
@@ -59,9 +63,15 @@ class LocalBackend:
             taken = {q[1] for q in batch}
             self.queue = [q for q in self.queue if q[1] not in taken]
             heapq.heapify(self.queue)
-        outs = self.worker.compute([(q[2], q[3]) for q in batch])
+        jobs = [(self._with_state(q[2]), q[3]) for q in batch]
+        outs = self.worker.compute(jobs)
         self.stats["jobs"] += len(outs)
         self.on_outputs(outs)
+
+    def _with_state(self, spec: JobSpec) -> JobSpec:
+        if spec.kind != CLIENT:
+            return spec
+        return replace(spec, client_state=self.load_state(spec.client))
 
     async def evaluate(self, params: Any) -> dict[str, float]:
         return self.worker.evaluate(params)
