@@ -37,7 +37,6 @@ class Simulation(Protocol):
 
     cfg: Any
     s: LoopState
-    wall: bool
 
     def send(self, f: InFlight, hold: bool = False) -> None: ...
 
@@ -185,7 +184,7 @@ def restore(sim: Simulation, ckpt: Checkpoint) -> None:
         s.server_work[w.uid] = w
         if w.model is None:
             sim.send_server_work(w)
-        elif not sim.wall:
-            s.ready.push(w.finish, Priority.TIMER, w, seq=w.seq)
+        else:
+            s.ready.push(w.finish, Priority.TIMER, w, seq=w.seq)  # checkpoints are virtual-time
     for v in ckpt.pending_evals:
         sim.evaluate(v)

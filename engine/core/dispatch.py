@@ -14,7 +14,6 @@ from typing import Any
 
 from algorithms.base import Job, ServerJob
 from engine.core.backend import JobSpec
-from engine.core.clock import Priority
 from engine.core.delays import DelayModel
 from engine.core.jobs import InFlight, ServerWork
 from engine.core.state import LoopState
@@ -79,14 +78,12 @@ def job_spec(cfg: Any, s: LoopState, delays: DelayModel, loop_wall_start: float,
     )
 
 
-def server_work(s: LoopState, job: ServerJob, queue_events: bool) -> ServerWork:
+def server_work(s: LoopState, job: ServerJob) -> ServerWork:
     """Put ``job`` on the server queue now. Without fine-tuning its result is its own model,
-    due at its finish (queued as an event when ``queue_events``: virtual time)."""
+    known at once and due at its finish."""
     w = ServerWork(s.server_seq, job, s.now, *s.server.schedule(s.now, job.seconds))
     s.server_seq += 1
     s.server_work[w.uid] = w
     if not job.finetune:
         w.model = job.model
-        if queue_events:
-            s.ready.push(w.finish, Priority.TIMER, w, seq=w.seq)
     return w

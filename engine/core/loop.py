@@ -30,16 +30,11 @@ from algorithms import ALGORITHMS
 from algorithms.base import Algorithm, Update
 from engine.core import checkpoint, dispatch
 from engine.core.backend import FINETUNE, Backend, JobOutput, JobSpec, LoadState, OnOutputs
-from engine.core.client_states import client_states
-from engine.core.clock import EventQueue, Priority
+from engine.core.clock import Priority
 from engine.core.delays import DelayModel
-from engine.core.jobs import InFlight, JobTable, ServerWork, VersionStore, assign_stacks
-from engine.core.recorder import RunRecorder
+from engine.core.jobs import InFlight, ServerWork, assign_stacks
 from engine.core.rng import stream
-from engine.core.server_queue import ServerQueue
 from engine.core.state import LoopState
-
-STALL_JOBS = 2000  # jobs ending with no new global version before the run is called stalled
 
 
 class Simulation:
@@ -64,25 +59,13 @@ class Simulation:
         self.backend: Backend = backend_factory(
             self._on_outputs, lambda client: self.s.client_states.get(client)
         )
-        self.wall = cfg.clock.mode == "wall"
+        self.wall = False  # WallSimulation (engine/core/wall.py) runs on the wall clock
         self.evals: set[asyncio.Future[None]] = set()
         self.loop_wall_start = 0.0
         self.wall_start = time.time() if wall_start is None else wall_start
         self.snapshots = checkpoint.Snapshots(cfg.checkpoint.every)
         self.on_step: Callable[[], None] | None = None  # called after every step of the loop
-
-    def _fresh_state(self, model: np.ndarray) -> LoopState:
-        cfg = self.cfg
-        return LoopState(
-            algorithm=self.algorithm.init(np.asarray(model, dtype=np.float32)),
-            jobs=JobTable(cfg.clients.num),
-            job_counter=np.zeros(cfg.clients.num, dtype=np.int64),
-            ready=EventQueue(),
-            versions=VersionStore(self.backend.put),
-            recorder=RunRecorder(cfg, self.delays.describe()),
-            client_states=client_states(cfg.server.client_state, cfg.server.client_state_dir),
-            server=ServerQueue(cfg.server.capacity),
-        )
+        self.diverging = False  # some evaluation's loss was not finite
 
     # ---- the run -------------------------------------------------------------------------
     async def run(self, resume: checkpoint.Checkpoint | None = None) -> dict[str, Any]:
@@ -90,7 +73,12 @@ class Simulation:
         self.progress["phase"] = "starting executors"
         initial = await self.backend.start()
         self.setup_seconds = time.time() - self.wall_start
-        self.s = self._fresh_state(initial)
+        self.s = LoopState.fresh(
+            self.cfg,
+            self.algorithm.init(np.asarray(initial, dtype=np.float32)),
+            self.backend.put,
+            self.delays.describe(),
+        )
         self.model_bytes = int(self.s.algorithm.model.nbytes)
         try:
             if resume is None:
@@ -107,7 +95,7 @@ class Simulation:
     async def _run(self) -> dict[str, Any]:
         s = self.s
         while not self._should_stop():
-            advanced = await (self._step_wall() if self.wall else self._step_virtual())
+            advanced = await self._step()
             if not advanced:
                 s.stop_reason = s.stop_reason or "nothing left to run"
                 break
@@ -119,8 +107,8 @@ class Simulation:
             # backend) nothing else would run until the loop ends.
             await asyncio.sleep(0)
         version = s.algorithm.version
-        if version not in s.recorder.evaluated and s.stop_reason != "target_accuracy":
-            self.evaluate(version)  # a target stop ends at an evaluated version already
+        if version not in s.recorder.evaluated and s.stop_reason not in ("target_accuracy", "diverged"):
+            self.evaluate(version)  # those stops end at an evaluated version already
         if self.evals:
             await asyncio.gather(*self.evals)
         result = s.recorder.result(
@@ -128,7 +116,7 @@ class Simulation:
             s.now,
             time.time() - self.wall_start,
             self.setup_seconds,
-            {**self.algorithm.stats(s.algorithm), **self._server_stats()},
+            {**self.algorithm.stats(s.algorithm), **s.server.stats()},
             self.backend.replaced,
         )
         cut = result["summary"]["versions"] if s.recorder.truncated else version
@@ -136,10 +124,6 @@ class Simulation:
         result["summary"]["model_version"] = cut
         result["summary"]["engine"] = dict(self.backend.stats)
         return result
-
-    def _server_stats(self) -> dict[str, float]:
-        busy = self.s.server.busy_seconds
-        return {"server_queue_seconds": busy} if busy else {}
 
     # ---- one step of each clock ------------------------------------------------------------
     def _earliest_unresolved(self) -> tuple[float, Any]:
@@ -151,7 +135,8 @@ class Simulation:
                 best = (w.finish, w)
         return best
 
-    async def _step_virtual(self) -> bool:
+    async def _step(self) -> bool:
+        """One instant of virtual time: every event due then, in order, then dispatch."""
         s = self.s
         t_timer = self.algorithm.next_timer(s.algorithm)
         t_timer = math.inf if t_timer is None else t_timer
@@ -179,32 +164,6 @@ class Simulation:
         self._end_of_instant()
         return True
 
-    async def _step_wall(self) -> bool:
-        s = self.s
-        t_timer = self.algorithm.next_timer(s.algorithm)
-        # Server work with its result in hand wakes the loop at its finish, like a timer;
-        # fine-tuning still computing wakes it by arriving.
-        due = [w.finish for w in s.server_work.values() if w.model is not None]
-        t_wake = min([*due, *([t_timer] if t_timer is not None else [])], default=None)
-        if not s.jobs and not s.server_work and t_timer is None:
-            return await self._idle_until_available()
-        timeout = None if t_wake is None else max(0.0, t_wake - self._wall_now())
-        await self.backend.wait_any(timeout)
-        s.now = self._wall_now()
-        while s.ready and not self._should_stop():  # arrival order: the wall clock decides
-            self._apply(s.ready.pop().payload)
-        for w in sorted(s.server_work.values(), key=lambda w: (w.finish, w.seq)):
-            if w.model is not None and w.finish <= s.now and not self._should_stop():
-                self._apply(w)
-        if t_timer is not None and s.now >= t_timer and not self._should_stop():
-            s.algorithm = self.algorithm.on_timer(s.algorithm, s.now)
-            self._maybe_new_version()
-        self._end_of_instant()
-        return True
-
-    def _wall_now(self) -> float:
-        return (time.time() - self.loop_wall_start) / self.cfg.clock.wall_scale
-
     async def _idle_until_available(self) -> bool:
         """Nothing is running: move on to the next availability change, if any (in wall
         mode by sleeping until then)."""
@@ -212,8 +171,7 @@ class Simulation:
         t = self.delays.next_change(s.now)
         if s.jobs or s.server_work or t == math.inf:
             return False
-        if self.wall:
-            await asyncio.sleep((t - s.now) * self.cfg.clock.wall_scale)
+        await self._sleep_until(t)
         s.now = t
         self._dispatch()
         return True
@@ -269,9 +227,11 @@ class Simulation:
                 self.send(f, hold=i >= k)
         s.algorithm, work = self.algorithm.server_jobs(s.algorithm)
         for server_job in work:
-            w = dispatch.server_work(s, server_job, queue_events=not self.wall)
+            w = dispatch.server_work(s, server_job)
             if w.model is None:
                 self.send_server_work(w)
+            else:
+                self._server_result(w)
 
     def send(self, f: InFlight, hold: bool = False) -> None:
         """Hand a job to the backend (or hold it back); sending a held job releases it."""
@@ -315,8 +275,7 @@ class Simulation:
                 w = s.server_work.get(out.uid)
                 if w is not None and w.model is None:
                     w.model = out.payload["model"]
-                    if not self.wall:  # wall mode applies it once the clock reaches its finish
-                        s.ready.push(w.finish, Priority.TIMER, w, seq=w.seq)
+                    self._server_result(w)
                 continue
             f = s.jobs.get(out.uid)
             if f is None or f.output is not None:
@@ -325,18 +284,19 @@ class Simulation:
                 s.client_states.stage(f.seq, out.client_state)
                 f.staged, out = True, replace(out, client_state=None)
             f.output = out
-            if self.wall:
-                finish = self._wall_now()
-            else:
-                up = out.bytes_up if f.cost.bytes_up is None else f.cost.bytes_up
-                finish = (
-                    f.dispatch_time
-                    + f.download
-                    + f.compute
-                    + f.exchange
-                    + self.delays.upload_time(f.client, up)
-                )
-            s.ready.push(finish, Priority.COMPLETION, f, seq=f.seq)
+            s.ready.push(self._finish_time(f, out), Priority.COMPLETION, f, seq=f.seq)
+
+    def _finish_time(self, f: InFlight, out: JobOutput) -> float:
+        """When ``f`` ends: its upload of what it really sent follows its compute."""
+        up = out.bytes_up if f.cost.bytes_up is None else f.cost.bytes_up
+        return f.dispatch_time + f.download + f.compute + f.exchange + self.delays.upload_time(f.client, up)
+
+    def _server_result(self, w: ServerWork) -> None:
+        """Server work's result is in: it is an event at the work's finish."""
+        self.s.ready.push(w.finish, Priority.TIMER, w, seq=w.seq)
+
+    async def _sleep_until(self, t: float) -> None:
+        """Nothing runs until virtual time ``t`` (the wall clock sleeps for real)."""
 
     # ---- applying events -------------------------------------------------------------------
     def _apply(self, event: InFlight | ServerWork) -> None:
@@ -364,17 +324,25 @@ class Simulation:
             s.recorder.job(f, now, staleness, 0, dropped=True)
         else:
             out = f.output
-            if f.staged:
-                s.client_states.commit(f.seq, f.client)
             delta = self.algorithm.decode(out.payload, f.client)
-            base = s.versions.params(f.version)
-            update = Update(f.client, delta, out.num_samples, f.version, base, out.payload)
-            s.algorithm = self.algorithm.on_update(s.algorithm, update, now)
-            up = (
-                out.bytes_up if f.cost.bytes_up is None else f.cost.bytes_up
-            ) + f.cost.round_trips * f.cost.round_trip_bytes_up
-            s.recorder.bytes_up += up
-            s.recorder.job(f, now, staleness, up, dropped=False, train_loss=out.metrics.get("train_loss"))
+            cost = f.cost
+            up = out.bytes_up if cost.bytes_up is None else cost.bytes_up
+            up += cost.round_trips * cost.round_trip_bytes_up
+            s.recorder.bytes_up += up  # it crossed the network, whatever the server makes of it
+            loss = out.metrics.get("train_loss")
+            if not np.isfinite(delta).all():
+                # Rule: a NaN or Inf update never touches the model; the job counts as dropped.
+                if f.staged:
+                    s.client_states.discard(f.seq)
+                s.algorithm = self.algorithm.on_drop(s.algorithm, f.client, now)
+                s.recorder.job(f, now, staleness, up, dropped=True, train_loss=loss, rejected=True)
+            else:
+                if f.staged:
+                    s.client_states.commit(f.seq, f.client)
+                base = s.versions.params(f.version)
+                update = Update(f.client, delta, out.num_samples, f.version, base, out.payload)
+                s.algorithm = self.algorithm.on_update(s.algorithm, update, now)
+                s.recorder.job(f, now, staleness, up, dropped=False, train_loss=loss)
         if not f.dropped:
             s.versions.release(f.version)
         self._maybe_new_version()
@@ -404,6 +372,9 @@ class Simulation:
             acc = scores["accuracy"]
             if self.cfg.stop.target_accuracy and acc >= self.cfg.stop.target_accuracy:
                 s.target_models[version] = params  # the run may end here: keep its model
+            if not math.isfinite(scores["loss"]):
+                s.target_models[version] = params  # diverged: the run ends here
+                self.diverging = True
             s.versions.release(version)
             s.recorder.evaluation(version, scores)
             self.progress["accuracy"] = acc
@@ -414,18 +385,7 @@ class Simulation:
 
     def _should_stop(self) -> bool:
         s = self.s
-        if s.stop_reason:
-            return True
-        stop, rec = self.cfg.stop, s.recorder
-        self.backend.check()
-        if stop.max_versions and s.algorithm.version >= stop.max_versions:
-            s.stop_reason = "max_versions"
-        elif stop.max_bytes and rec.bytes_up + rec.bytes_down >= stop.max_bytes:
-            s.stop_reason = "max_bytes"
-        elif stop.target_accuracy and rec.target_version() is not None:
-            s.stop_reason = "target_accuracy"
-        elif rec.jobs_since_version > max(STALL_JOBS, 20 * self.cfg.clients.num):
-            # E.g. a round deadline shorter than every client's job: without this guard a
-            # run bounded only by max_versions would go on forever.
-            s.stop_reason = "stalled: many jobs ended without a new global version"
+        if not s.stop_reason:
+            self.backend.check()
+            s.stop_reason = s.recorder.stop_reason(s.algorithm.version, self.diverging)
         return bool(s.stop_reason)

@@ -5,6 +5,7 @@ engine/report/results.py writes to ``out_dir``."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -15,6 +16,8 @@ from engine.core.evaluation import LOCAL_METRICS
 if TYPE_CHECKING:
     from engine.config import Config
     from engine.core.jobs import InFlight
+
+STALL_JOBS = 2000  # jobs ending with no new global version before the run is called stalled
 
 METRICS_COLUMNS = [
     "version",
@@ -37,6 +40,7 @@ EVENTS_COLUMNS = [
     "bytes_up",
     "bytes_down",
     "dropped",
+    "rejected",
     "train_loss",
 ]
 
@@ -65,7 +69,10 @@ class RunRecorder:
         bytes_up: int,
         dropped: bool,
         train_loss: float | None = None,
+        rejected: bool = False,
     ) -> None:
+        """One ended job; ``rejected``: its update was not finite and never applied (it
+        counts as dropped too)."""
         self.updates += not dropped
         self.jobs_since_version += 1
         self.events.append(
@@ -80,6 +87,7 @@ class RunRecorder:
                 bytes_up,
                 f.bytes_down,
                 int(dropped),
+                int(rejected),
                 math.nan if train_loss is None else train_loss,
             )
         )
@@ -112,14 +120,39 @@ class RunRecorder:
         return rows
 
     def target_version(self) -> int | None:
-        """The first version reaching the target accuracy, once every earlier evaluation
-        is in: evaluations finish in any order, the answer must not depend on it."""
+        """The first version reaching the target accuracy (see ``_first``)."""
         target = self.cfg.stop.target_accuracy
-        hits = [v for v, scores in self.evaluated.items() if scores["accuracy"] >= target]
-        if not target or not hits:
+        return self._first(lambda scores: scores["accuracy"] >= target) if target else None
+
+    def diverged_version(self) -> int | None:
+        """The first version whose global loss is not finite (see ``_first``)."""
+        return self._first(lambda scores: not math.isfinite(scores["loss"]))
+
+    def _first(self, hit: Callable[[dict[str, float]], bool]) -> int | None:
+        """The first evaluated version that ``hit``s, once every earlier evaluation is in:
+        evaluations finish in any order, and the answer must not depend on it."""
+        hits = [v for v, scores in self.evaluated.items() if hit(scores)]
+        if not hits:
             return None
         first = min(hits)
         return first if not any(p < first for p in self.pending_evals) else None
+
+    def stop_reason(self, version: int, diverging: bool) -> str:
+        """The stop rule that holds now, or "" (``diverging``: some loss was not finite)."""
+        stop = self.cfg.stop
+        if stop.max_versions and version >= stop.max_versions:
+            return "max_versions"
+        if stop.max_bytes and self.bytes_up + self.bytes_down >= stop.max_bytes:
+            return "max_bytes"
+        if stop.target_accuracy and self.target_version() is not None:
+            return "target_accuracy"
+        if diverging and self.diverged_version() is not None:
+            return "diverged"
+        if self.jobs_since_version > max(STALL_JOBS, 20 * self.cfg.clients.num):
+            # E.g. a round deadline shorter than every client's job: without this guard a
+            # run bounded only by max_versions would go on forever.
+            return "stalled: many jobs ended without a new global version"
+        return ""
 
     def progress(self, now: float, in_flight: int) -> dict[str, Any]:
         return {
@@ -138,7 +171,10 @@ class RunRecorder:
         algo_stats: dict[str, float],
         executors_replaced: int,
     ) -> dict[str, Any]:
-        cut = self.target_version() if stop_reason == "target_accuracy" else None
+        # A run stopped by its target or by divergence ends at the version that decided it,
+        # whatever was still in flight when the loop saw it.
+        cuts = {"target_accuracy": self.target_version, "diverged": self.diverged_version}
+        cut = cuts[stop_reason]() if stop_reason in cuts else None
         self.truncated = cut is not None
         last = cut if cut is not None else self.last_version
         events = self.events[: int(self.versions[last]["events"])] if cut is not None else self.events
@@ -178,6 +214,7 @@ class RunRecorder:
             "updates_applied": len(applied),
             "jobs_dropped": int(len(ev) - len(applied)) - self.discarded,
             "jobs_discarded": self.discarded,
+            "jobs_rejected": int(ev.rejected.sum()),  # non-finite updates, among the dropped
             "mean_staleness": float(applied.staleness.mean()) if len(applied) else 0.0,
             "max_staleness": int(applied.staleness.max()) if len(applied) else 0,
             "bytes_up": int(ev.bytes_up.sum()),

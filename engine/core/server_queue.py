@@ -39,3 +39,6 @@ class ServerQueue:
         finish = start + seconds
         heapq.heappush(self.free_at, finish)
         return start, finish
+
+    def stats(self) -> dict[str, float]:
+        return {"server_queue_seconds": self.busy_seconds} if self.busy_seconds else {}

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from engine.core.client_states import ClientStates
+from engine.core.client_states import ClientStates, client_states
 from engine.core.clock import EventQueue
 from engine.core.jobs import InFlight, JobTable, ServerWork, VersionStore
 from engine.core.recorder import RunRecorder
@@ -32,3 +33,20 @@ class LoopState:
     now: float = 0.0
     dispatch_calls: int = 0
     stop_reason: str = ""
+
+    @staticmethod
+    def fresh(
+        cfg: Any, algorithm: Any, put: Callable[[np.ndarray], Any], delays: dict[str, float]
+    ) -> LoopState:
+        """The state at the start of a run: the algorithm's initial state, nothing in flight."""
+        n = cfg.clients.num
+        return LoopState(
+            algorithm=algorithm,
+            jobs=JobTable(n),
+            job_counter=np.zeros(n, dtype=np.int64),
+            ready=EventQueue(),
+            versions=VersionStore(put),
+            recorder=RunRecorder(cfg, delays),
+            client_states=client_states(cfg.server.client_state, cfg.server.client_state_dir),
+            server=ServerQueue(cfg.server.capacity),
+        )

@@ -13,6 +13,7 @@ from engine.config import Config, ConfigError
 from engine.core import checkpoint
 from engine.core.backend import LoadState, OnOutputs
 from engine.core.loop import Simulation
+from engine.core.wall import WallSimulation
 from engine.runtime.pool import ExecutorPool, Placement
 from engine.worker.data import load_data
 from engine.worker.worker import ExecutorSpec
@@ -70,5 +71,6 @@ class Server:
                 self.run_id, num, spec, data_ref, batch, on_outputs, load_state, placement=where, warm=warm
             )
 
-        self.sim = Simulation(cfg, pool, data.shards.sizes, self.progress_info, wall_start=started)
+        kind = WallSimulation if cfg.clock.mode == "wall" else Simulation
+        self.sim = kind(cfg, pool, data.shards.sizes, self.progress_info, wall_start=started)
         return await self.sim.run(self.resume)

@@ -186,7 +186,7 @@ def test_periodic_availability_is_respected_at_dispatch_and_finish() -> None:
     delays = DelayModel(cfg.clients, cfg.seed)
     events = result["events"]
     assert result["summary"]["versions"] == 12
-    for client, _job, _v, dispatched, finished, *_rest, dropped, _loss in events:
+    for client, _job, _v, dispatched, finished, *_rest, dropped, _rejected, _loss in events:
         assert delays.is_available(client, dispatched)  # never dispatched to an offline client
         assert bool(dropped) == (not delays.is_available(client, finished))  # lost iff offline at finish
     assert any(e[9] for e in events) and not all(e[9] for e in events)
