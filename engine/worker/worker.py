@@ -143,6 +143,12 @@ class Worker:
         payload, state = self.algorithm.encode(delta, state, rng)
         return JobOutput(job.uid, payload, n, payload_bytes(payload), state, metrics)
 
+    def _receive(self, start: np.ndarray, purpose: str, *key: int) -> np.ndarray:
+        """The start model as the client receives it (the algorithm's ``receive``: itself,
+        or a compressed broadcast decoded, with a stream keyed by ``key``); the job's delta
+        is taken against it."""
+        return self.algorithm.receive(start, stream(self.spec.seed, purpose, *key))
+
     def _run_stack(self, batch: list[tuple[JobSpec, np.ndarray]]) -> list[JobOutput]:
         """Jobs of one stack trained together in their slots (engine/worker/stacked.py)."""
         from engine.worker.stacked import stacked_rows, stacked_sgd
@@ -153,14 +159,16 @@ class Worker:
         for job, _start in batch:
             assert job.stack is not None
             slots[job.stack.slot] = self._client_data(job)
-        self.layout.load(self.model, batch[0][1])  # one start model: the stack shares its task
+        # One start model: the stack shares its task (and version), so it receives it once.
+        received = self._receive(batch[0][1], "receive_stack", first.stack.key)
+        self.layout.load(self.model, received)
         self.torch.manual_seed(int_seed(self.spec.seed, "stack_global", first.stack.key))
         params, losses = stacked_sgd(self.model, slots, first.task, first.stack.width)
         rows = stacked_rows(self.model, self.layout.names, params).cpu().numpy()
         outs = []
-        for job, start in batch:
+        for job, _start in batch:
             assert job.stack is not None
-            delta = np.subtract(start, rows[job.stack.slot], dtype=np.float32)
+            delta = np.subtract(received, rows[job.stack.slot], dtype=np.float32)
             n = len(slots[job.stack.slot][0])  # the shard's size (ShardIndex.sizes diffs them all)
             outs.append(self._output(job, delta, n, job.client_state, {"train_loss": losses[job.stack.slot]}))
         return outs
@@ -168,6 +176,7 @@ class Worker:
     def _run_one(self, job: JobSpec, start: np.ndarray) -> JobOutput:
         torch = self.torch
         data, generator = self._client_data(job)
+        start = self._receive(start, "receive", job.client, job.job_index)
         self.layout.load(self.model, start)
         # Dropout draws from torch's global generator: key it per job too, so a result does
         # not depend on the jobs this executor happened to run before.
