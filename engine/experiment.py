@@ -8,7 +8,9 @@ the same jobs in this process, with no Ray at all. Both give identical results.
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Coroutine
@@ -18,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from engine.config import Config, ConfigError
-from engine.report.results import default_out_dir, write_results
+from engine.report.results import default_out_dir, save_checkpoint, write_results
 
 if TYPE_CHECKING:
     from engine.core.checkpoint import Checkpoint
@@ -32,11 +34,59 @@ class RunFailedError(RuntimeError):
     """A job or the loop raised: the run cannot go on (the message names the cause)."""
 
 
+class Interrupt:
+    """SIGINT (Ctrl-C) and SIGTERM as a request to stop: the run ends after its current step
+    and writes its results so far, with stop reason ``interrupted``; a second signal aborts
+    at once. Ray sets its own SIGTERM handler when it starts, so ``run_experiment`` installs
+    these again once Ray is up; leaving the ``with`` block restores the previous handlers."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.signum = 0
+        self._before: dict[int, Any] = {}
+
+    def __enter__(self) -> Interrupt:
+        self.install()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._before.items():
+            signal.signal(sig, handler)
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signals reach the main thread only
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous = signal.signal(sig, self._handle)
+            self._before.setdefault(sig, previous)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.event.is_set():
+            raise KeyboardInterrupt  # the second signal: stop now
+        self.signum = signum
+        self.event.set()
+        print(
+            "\nfedray: interrupted: the run stops after its current step and writes its results "
+            "(again to abort at once)",
+            file=sys.stderr,
+        )
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
+
+
 class Watcher:
-    """The progress bar and the caller's hooks, fed by either backend."""
+    """The progress bar and the caller's hooks, fed by either backend; it also writes each
+    checkpoint to ``out_dir/checkpoints/`` as it arrives (``checkpoint_dir``)."""
 
     def __init__(
-        self, cfg: Config, show: bool, on_progress: ProgressHook | None, on_evaluation: ProgressHook | None
+        self,
+        cfg: Config,
+        show: bool,
+        on_progress: ProgressHook | None,
+        on_evaluation: ProgressHook | None,
+        checkpoint_dir: str | None = None,
     ) -> None:
         from tqdm.auto import tqdm  # a widget in notebooks, text in a terminal
 
@@ -45,6 +95,7 @@ class Watcher:
         )
         self.on_progress = on_progress
         self.on_evaluation = on_evaluation
+        self.checkpoint_dir = checkpoint_dir
         self.seen = 0  # evaluation rows handed out
 
     def progress(self, info: dict[str, Any]) -> None:
@@ -58,8 +109,10 @@ class Watcher:
 
     def evaluations(self, rows: list[dict[str, Any]]) -> None:
         self.seen += len(rows)
-        if self.on_evaluation is not None:
-            for row in rows:
+        for row in rows:
+            if self.checkpoint_dir is not None and row.get("checkpoint") is not None:
+                save_checkpoint(self.checkpoint_dir, row["version"], row["checkpoint"])
+            if self.on_evaluation is not None:
                 self.on_evaluation(row)
 
     def close(self) -> None:
@@ -76,6 +129,8 @@ def run_experiment(
     placement: Placement | None = None,
     resume: bytes | None = None,
     executors: list[Any] | None = None,
+    interrupt: Interrupt | None = None,
+    resume_same_config: bool = False,
 ) -> tuple[dict[str, Any], Path | None]:
     """Run ``cfg``; write its results; return (result, out_dir).
 
@@ -89,23 +144,28 @@ def run_experiment(
     checked); ``executors``: executor actors (``engine.runtime.pool.bare_executor``) this run
     sets up and uses instead of starting its own, and leaves running for the caller's next run.
     A Ray that is not running is started for the run and shut down after it.
+    ``interrupt``: once its signal arrives the run stops after its current step (stop reason
+    ``interrupted``) and writes its results. With ``write`` and ``checkpoint.every``, every
+    checkpoint is also written to ``out_dir/checkpoints/`` as it is taken (``--resume``).
+    ``resume_same_config``: refuse a checkpoint taken under any other configuration.
     """
     from engine.core import checkpoint
 
     loaded = None
     if resume is not None:
         try:  # fail here, in one line, rather than inside the loop
-            loaded = checkpoint.load(resume, cfg)
+            loaded = checkpoint.load(resume, cfg, same_config=resume_same_config)
         except ValueError as e:
             raise ConfigError(f"cannot resume: {e}") from None
     run_id = uuid.uuid4().hex[:8]
     out_dir = default_out_dir(cfg, f"{time.strftime('%Y%m%d-%H%M%S')}-{run_id[:4]}")
+    checkpoints = out_dir if write and cfg.checkpoint.every else None
     if cfg.executors.backend == "local":
         if placement is not None or executors is not None:
             raise ValueError("placement and executors are for executors.backend=ray")
-        watcher = Watcher(cfg, show_progress, on_progress, on_evaluation)
+        watcher = Watcher(cfg, show_progress, on_progress, on_evaluation, checkpoints)
         try:
-            result = _run_local(cfg, watcher, loaded)
+            result = _run_local(cfg, watcher, loaded, interrupt)
         finally:
             watcher.close()
     else:
@@ -114,13 +174,15 @@ def run_experiment(
         from engine.runtime.connect import connect_ray, resolve_executors
 
         started = connect_ray(cfg)
+        if interrupt is not None:
+            interrupt.install()  # again: Ray has just set its own SIGTERM handler
         try:  # the cluster is checked before anything starts or prints
             num = resolve_executors(cfg) if placement is None else placement.executors
             if executors is not None and len(executors) != num:
                 raise ValueError(f"{len(executors)} executors handed in for a run of {num}")
-            watcher = Watcher(cfg, show_progress, on_progress, on_evaluation)
+            watcher = Watcher(cfg, show_progress, on_progress, on_evaluation, checkpoints)
             try:
-                result = _run_ray(cfg, run_id, num, watcher, placement, resume, executors)
+                result = _run_ray(cfg, run_id, num, watcher, placement, resume, executors, interrupt)
             finally:
                 watcher.close()
         finally:
@@ -130,7 +192,9 @@ def run_experiment(
     return result, path
 
 
-def _run_local(cfg: Config, watcher: Watcher, resume: Checkpoint | None) -> dict[str, Any]:
+def _run_local(
+    cfg: Config, watcher: Watcher, resume: Checkpoint | None, interrupt: Interrupt | None
+) -> dict[str, Any]:
     from engine.core.loop import Simulation
     from engine.worker.data import load_data
     from engine.worker.local import LocalBackend
@@ -144,6 +208,8 @@ def _run_local(cfg: Config, watcher: Watcher, resume: Checkpoint | None) -> dict
     last = [0.0, -1]  # wall time of the last report, evaluations seen then
 
     def report() -> None:
+        if interrupt is not None and interrupt.event.is_set():
+            sim.request_stop("interrupted")
         now, rec = time.time(), sim.s.recorder
         if len(rec.evaluated) != last[1]:  # rows (and their snapshots) as they settle
             last[1] = len(rec.evaluated)
@@ -180,6 +246,7 @@ def _run_ray(
     placement: Placement | None,
     resume: bytes | None,
     executors: list[Any] | None,
+    interrupt: Interrupt | None,
 ) -> dict[str, Any]:
     import ray
 
@@ -192,7 +259,11 @@ def _run_ray(
         args = (cfg, run_id, num, placement, resume, executors)
         server = Server.options(num_cpus=cfg.server.num_cpus, **where).remote(*args)  # type: ignore[attr-defined]
         ref = server.run.remote()
+        asked = False
         while not ray.wait([ref], timeout=0.25)[0]:
+            if interrupt is not None and interrupt.event.is_set() and not asked:
+                server.request_stop.remote("interrupted")
+                asked = True
             watcher.evaluations(ray.get(server.evaluations.remote(watcher.seen)))
             watcher.progress(ray.get(server.progress.remote()))
         try:

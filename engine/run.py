@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from engine.config import OPEN_SECTIONS, ConfigError, describe_keys, load_config
-from engine.experiment import RunFailedError, run_experiment
+from engine.config import OPEN_SECTIONS, Config, ConfigError, build_config, describe_keys, load_config
+from engine.experiment import Interrupt, RunFailedError, run_experiment
 
 EXAMPLES = """\
 examples:
@@ -34,9 +34,31 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", metavar="FILE", help="YAML experiment file (see configs/)")
     p.add_argument("--list", action="store_true", help="list algorithms, workloads, partitions, delay models")
+    p.add_argument(
+        "--resume",
+        metavar="OUT_DIR",
+        help="continue the run whose results folder is OUT_DIR from its latest checkpoint "
+        "(checkpoint.every > 0 writes them to OUT_DIR/checkpoints/); its configuration comes "
+        "from the checkpoint, and --config or key=value, if given, must match it",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. clients.num=100")
     return p
+
+
+def _keys(params: Any, prefix: str = "") -> list[str]:
+    """``key=default`` for --list; a nested section's keys dotted (``codec.name='none'``),
+    each at its declared default (``None`` where the section resolves it from others)."""
+    out = []
+    for f in dataclasses.fields(params):
+        value = getattr(params, f.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            out.extend(_keys(value, f"{prefix}{f.name}."))
+            continue
+        if prefix and f.default is not dataclasses.MISSING:
+            value = f.default
+        out.append(f"{prefix}{f.name}={value!r}")
+    return out
 
 
 def list_components() -> str:
@@ -49,9 +71,7 @@ def list_components() -> str:
         for name, cls in registry.items():
             doc = (getattr(cls, "description", "") or (cls.__doc__ or "")).strip().splitlines()
             lines.append(f"  {name:<12} {doc[0] if doc else ''}")
-            params = ", ".join(
-                f"{f.name}={getattr(cls.Params(), f.name)!r}" for f in dataclasses.fields(cls.Params)
-            )
+            params = ", ".join(_keys(cls.Params()))
             lines.append(f"  {'':<12} keys: {params}")
     lines.append("partitions (partition.name=...): " + ", ".join(PARTITIONS))
     lines.append("client speed families (clients.speed.family=...):")
@@ -90,20 +110,47 @@ def main(argv: list[str] | None = None) -> int:
         print(list_components())
         return 0
     try:
-        cfg = load_config(args.config, args.overrides)
+        if args.resume:
+            cfg, resume = resume_from(args.resume, args.config, args.overrides)
+        else:
+            cfg, resume = load_config(args.config, args.overrides), None
     except ConfigError as e:
         print(f"fedray: error: {e}", file=sys.stderr)
         return 2
-    try:
-        result, path = run_experiment(cfg, show_progress=not args.quiet)
-    except ConfigError as e:
-        print(f"fedray: error: {e}", file=sys.stderr)
-        return 2
-    except RunFailedError as e:
-        print(f"fedray: the run failed: {e}", file=sys.stderr)
-        return 1
+    with Interrupt() as interrupt:
+        try:
+            result, path = run_experiment(
+                cfg, show_progress=not args.quiet, resume=resume, interrupt=interrupt, resume_same_config=True
+            )
+        except ConfigError as e:
+            print(f"fedray: error: {e}", file=sys.stderr)
+            return 2
+        except RunFailedError as e:
+            print(f"fedray: the run failed: {e}", file=sys.stderr)
+            return 1
     print(closing_table(result["summary"], path))
-    return 0
+    return interrupt.exit_code if interrupt.event.is_set() else 0
+
+
+def resume_from(out_dir: str, config: str | None, overrides: list[str]) -> tuple[Config, bytes]:
+    """The configuration and latest checkpoint of the run in ``out_dir``; its results go
+    there again. A configuration given as well must be the checkpoint's (out_dir aside)."""
+    from engine.core import checkpoint
+    from engine.report.results import latest_checkpoint
+
+    path = latest_checkpoint(out_dir)
+    if path is None:
+        raise ConfigError(
+            f"no checkpoint in {out_dir}/checkpoints/; a run writes them with checkpoint.every > 0"
+        )
+    data = path.read_bytes()
+    try:
+        ckpt = checkpoint.read(data)
+    except ValueError as e:
+        raise ConfigError(f"cannot resume from {path}: {e}") from None
+    raw = {**ckpt.config, "out_dir": ""}  # the folder exists: it is checked as the checkpoint's
+    cfg = build_config(raw) if config is None and not overrides else load_config(config, overrides)
+    return dataclasses.replace(cfg, out_dir=str(Path(out_dir))), data
 
 
 if __name__ == "__main__":

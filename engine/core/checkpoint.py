@@ -8,21 +8,25 @@ jobs in flight with the model versions they start from. Results of in-flight job
 computes them again and continues exactly as the uninterrupted run would (tested:
 identical events and metrics).
 
-Checkpoints are plain pickles of this module's dataclass, so Tune (or a user) can store
-them anywhere; ``resume`` accepts one taken under another config of the same algorithm
-and workload (Population Based Training continues a trial from another's checkpoint
+Checkpoints are data only (engine/core/serial.py: a JSON tree and numpy arrays in one
+``.npz``, read without unpickling), so loading one from someone else cannot run code. Tune
+(or a user) can store them anywhere. ``load`` accepts one taken under another config of the
+same algorithm, workload and client count (Population Based Training continues a trial
+from another's checkpoint
 with mutated hyperparameters).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import pickle
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from engine import __version__
+from engine.config import to_dict
+from engine.core import serial
 from engine.core.clock import Priority
 from engine.core.server_queue import ServerQueue
 
@@ -45,12 +49,14 @@ class Simulation(Protocol):
     def evaluate(self, version: int) -> None: ...
 
 
-FORMAT = 3  # 3: server work on the server queue
+FORMAT = 4  # 4: data only (engine/core/serial.py), with the fedray version and config
 
 
 @dataclass(frozen=True)
 class Checkpoint:
     format: int
+    fedray_version: str
+    config: dict[str, Any]  # the run's resolved configuration (config.yaml's content)
     algorithm: str
     workload: str
     clients: int
@@ -88,6 +94,8 @@ def snapshot(sim: Simulation) -> bytes:
     )
     ckpt = Checkpoint(
         format=FORMAT,
+        fedray_version=__version__,
+        config=to_dict(cfg),
         algorithm=cfg.algorithm.name,
         workload=cfg.workload.name,
         clients=cfg.clients.num,
@@ -106,7 +114,7 @@ def snapshot(sim: Simulation) -> bytes:
         server_work=work,
         server_seq=s.server_seq,
     )
-    return pickle.dumps(ckpt, protocol=pickle.HIGHEST_PROTOCOL)
+    return serial.dumps(ckpt)
 
 
 class Snapshots:
@@ -135,14 +143,35 @@ class Snapshots:
         return self.taken.pop(version, None)
 
 
-def load(data: bytes, cfg: Any) -> Checkpoint:
-    """Unpickle ``data`` and check it can continue under ``cfg``; ValueError says why not."""
+def read(data: bytes) -> Checkpoint:
+    """A checkpoint from its bytes; ValueError says why not."""
     try:
-        ckpt = pickle.loads(data)
+        ckpt = serial.loads(data)
     except Exception as e:  # a truncated or foreign file
         raise ValueError(f"not a fedray checkpoint ({type(e).__name__}: {e})") from None
     if not isinstance(ckpt, Checkpoint) or ckpt.format != FORMAT:
-        raise ValueError("not a fedray checkpoint of this version")
+        raise ValueError("not a fedray checkpoint of this format")
+    if ckpt.fedray_version != __version__:
+        raise ValueError(
+            f"the checkpoint is from fedray {ckpt.fedray_version}, this is {__version__}; "
+            "resume it with that version"
+        )
+    return ckpt
+
+
+def load(data: bytes, cfg: Any, same_config: bool = False) -> Checkpoint:
+    """``data`` as a checkpoint that can continue under ``cfg``; ValueError says why not.
+    ``same_config``: the whole configuration must be the one it was taken under (out_dir
+    aside); otherwise only the algorithm, workload and client count."""
+    ckpt = read(data)
+    if same_config:
+        mine, stored = to_dict(cfg), dict(ckpt.config)
+        mine.pop("out_dir"), stored.pop("out_dir", None)
+        diff = sorted(k for k in mine.keys() | stored.keys() if mine.get(k) != stored.get(k))
+        if diff:
+            raise ValueError(
+                f"the checkpoint was taken under another configuration ({', '.join(diff)} differ)"
+            )
     theirs = (ckpt.algorithm, ckpt.workload, ckpt.clients)
     ours = (cfg.algorithm.name, cfg.workload.name, cfg.clients.num)
     if theirs != ours:

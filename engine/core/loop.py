@@ -66,6 +66,7 @@ class Simulation:
         self.snapshots = checkpoint.Snapshots(cfg.checkpoint.every)
         self.on_step: Callable[[], None] | None = None  # called after every step of the loop
         self.diverging = False  # some evaluation's loss was not finite
+        self.requested = ""  # a stop asked for from outside (request_stop)
 
     # ---- the run -------------------------------------------------------------------------
     async def run(self, resume: checkpoint.Checkpoint | None = None) -> dict[str, Any]:
@@ -383,9 +384,13 @@ class Simulation:
         self.evals.add(task)
         task.add_done_callback(self.evals.discard)
 
+    def request_stop(self, reason: str) -> None:
+        """Stop after the current step (e.g. ``interrupted``): the results so far stand."""
+        self.requested = reason
+
     def _should_stop(self) -> bool:
         s = self.s
         if not s.stop_reason:
             self.backend.check()
-            s.stop_reason = s.recorder.stop_reason(s.algorithm.version, self.diverging)
+            s.stop_reason = self.requested or s.recorder.stop_reason(s.algorithm.version, self.diverging)
         return bool(s.stop_reason)

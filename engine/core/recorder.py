@@ -12,6 +12,7 @@ import pandas as pd
 
 from engine import __version__
 from engine.core.evaluation import LOCAL_METRICS
+from engine.core.serial import Plain
 
 if TYPE_CHECKING:
     from engine.config import Config
@@ -45,7 +46,7 @@ EVENTS_COLUMNS = [
 ]
 
 
-class RunRecorder:
+class RunRecorder(Plain):
     def __init__(self, cfg: Config, delays: dict[str, float]) -> None:
         self.cfg = cfg
         self.delays = delays

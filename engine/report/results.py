@@ -49,13 +49,53 @@ def write_results(out_dir: str, cfg: Config, result: dict[str, Any]) -> Path:
         (tmp / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         plot_accuracy(metrics, tmp / "accuracy.png", title=f"{cfg.algorithm.name} on {cfg.workload.name}")
         plot_timeline(events, cfg.clients.num, tmp / "timeline.png")
-        if target.exists():
-            target.rmdir()  # config validation guaranteed it is empty
-        os.replace(tmp, target)
+        _install(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def _install(tmp: Path, target: Path) -> None:
+    """Put the finished folder ``tmp`` in ``target``'s place. A target that exists holds
+    the run's checkpoints (written as they were taken) and, after ``--resume``, the results
+    of the interrupted run, which these supersede: the checkpoints move into ``tmp``, the
+    old folder is renamed away before ``tmp`` takes its name, so there is never a moment
+    with no complete folder."""
+    if not target.exists():
+        os.replace(tmp, target)
+        return
+    if (target / CHECKPOINTS).is_dir():
+        os.replace(target / CHECKPOINTS, tmp / CHECKPOINTS)
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(target, old)
+    os.replace(tmp, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+CHECKPOINTS = "checkpoints"  # the folder of out_dir that holds a run's checkpoints
+KEEP_CHECKPOINTS = 3  # the latest few are kept on disk
+
+
+def save_checkpoint(out_dir: str, version: int, data: bytes) -> Path:
+    """Write ``data`` (engine/core/checkpoint.py) as ``out_dir/checkpoints/v<version>.ckpt``,
+    atomically (a temporary file renamed into place), keeping the latest few."""
+    folder = Path(out_dir) / CHECKPOINTS
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"v{version:09d}.ckpt"
+    tmp = folder / f".{path.name}.tmp"
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    for stale in sorted(folder.glob("v*.ckpt"))[:-KEEP_CHECKPOINTS]:
+        stale.unlink()
+    return path
+
+
+def latest_checkpoint(out_dir: str) -> Path | None:
+    """The newest checkpoint under ``out_dir/checkpoints``, if any."""
+    found = sorted((Path(out_dir) / CHECKPOINTS).glob("v*.ckpt"))
+    return found[-1] if found else None
 
 
 def _json_default(o: Any) -> Any:

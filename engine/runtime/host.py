@@ -38,6 +38,13 @@ class Server:
         self.resume = checkpoint.load(resume, cfg) if resume is not None else None
         self.progress_info: dict[str, Any] = {"phase": "starting", "run_id": run_id}
         self.sim: Simulation | None = None
+        self.stop_reason = ""  # asked for before the loop existed
+
+    async def request_stop(self, reason: str) -> None:
+        """Stop the run after its current step (the driver was interrupted)."""
+        self.stop_reason = reason
+        if self.sim is not None:
+            self.sim.request_stop(reason)
 
     async def progress(self) -> dict[str, Any]:
         return dict(self.progress_info)
@@ -73,4 +80,6 @@ class Server:
 
         kind = WallSimulation if cfg.clock.mode == "wall" else Simulation
         self.sim = kind(cfg, pool, data.shards.sizes, self.progress_info, wall_start=started)
+        if self.stop_reason:
+            self.sim.request_stop(self.stop_reason)
         return await self.sim.run(self.resume)

@@ -141,31 +141,46 @@ def test_checkpoints_go_with_evaluations_and_need_virtual_time() -> None:
 
 
 def test_a_foreign_or_mismatched_checkpoint_is_refused() -> None:
-    from engine.core import checkpoint
+    from engine import __version__
+    from engine.config import to_dict
+    from engine.core import checkpoint, serial
     from engine.core.server_queue import ServerQueue
 
     cfg = load_config(None, [])
     with pytest.raises(ValueError, match="not a fedray checkpoint"):
-        checkpoint.load(b"not a pickle", cfg)
-    ckpt = checkpoint.Checkpoint(
-        checkpoint.FORMAT,
-        "fedavg",
-        "synthetic",
-        50,
-        None,
-        0.0,
-        0,
-        0,
-        None,
-        {},
-        (),
-        {},
-        (),
-        {},
-        None,
+        checkpoint.load(b"not a checkpoint", cfg)
+    with pytest.raises(ValueError, match="not a fedray checkpoint"):
+        checkpoint.load(pickle.dumps({"a": 1}), cfg)  # a pickle is never unpickled
+    fields = dict(
+        format=checkpoint.FORMAT,
+        fedray_version=__version__,
+        config=to_dict(cfg),
+        algorithm="fedavg",
+        workload="synthetic",
+        clients=50,
+        state=None,
+        now=0.0,
+        next_seq=0,
+        dispatch_calls=0,
+        job_counter=None,
+        client_states={},
+        in_flight=(),
+        params={},
+        pending_evals=(),
+        target_models={},
+        recorder=None,
         server=ServerQueue(),
         server_work=(),
         server_seq=0,
     )
+    ckpt = checkpoint.Checkpoint(**fields)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="resume under the same three"):
-        checkpoint.load(pickle.dumps(ckpt), cfg)
+        checkpoint.load(serial.dumps(ckpt), cfg)
+    old = checkpoint.Checkpoint(**{**fields, "fedray_version": "0.0.1"})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"from fedray 0\.0\.1, this is"):
+        checkpoint.load(serial.dumps(old), cfg)
+    same = checkpoint.Checkpoint(**{**fields, "algorithm": "fedbuff"})  # type: ignore[arg-type]
+    assert checkpoint.load(serial.dumps(same), cfg).algorithm == "fedbuff"
+    other = load_config(None, ["training.lr=0.5"])
+    with pytest.raises(ValueError, match=r"another configuration \(training differ\)"):
+        checkpoint.load(serial.dumps(same), other, same_config=True)
