@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 import numpy as np
 
+from algorithms import codecs
 from algorithms.task import LocalTraining, Task
 
 if TYPE_CHECKING:
@@ -283,11 +284,49 @@ class Algorithm(ABC, Generic[StateT]):
         loss = local_sgd(model, data, task, generator)
         return ClientResult(client_state=client_state, metrics={"train_loss": loss})
 
+    # ---- what crosses the network -----------------------------------------------------
+    # An algorithm whose Params have a ``codec`` (algorithms/codecs.py; FedAvg and its
+    # presets, FedProx, FedBuff, FedAsync) compresses through the methods below: uploads
+    # with error feedback (the residual is the client state), and with direction both the
+    # broadcast as well. With codec none (the default) they are the plain dense exchange.
+    model_size: int | None = None  # entries of the flat model; ``init`` sets it for decoding
+
+    def receive(self, params: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """The start model a client trains from when the server broadcasts ``params`` (on
+        the executor, before training; the job's delta is taken against it). ``params``
+        itself unless the codec compresses the broadcast (direction both: fp16 or bf16)."""
+        codec = codecs.configured(self.params)
+        if not codecs.compresses_broadcast(codec):
+            return params
+        assert codec is not None
+        return codecs.broadcast(codec, params, rng)
+
+    def with_download_cost(self, jobs: list[Job], model: np.ndarray) -> list[Job]:
+        """``jobs`` charged the encoded broadcast as their download when the codec compresses
+        it (direction both); otherwise ``jobs`` themselves (the whole model down)."""
+        codec = codecs.configured(self.params)
+        if not codecs.compresses_broadcast(codec):
+            return jobs
+        assert codec is not None
+        down = codecs.encoded_bytes(codec, int(np.size(model)))
+        return [dataclasses.replace(j, cost=dataclasses.replace(j.cost, bytes_down=down)) for j in jobs]
+
     def encode(self, delta: np.ndarray, client_state: Any, rng: np.random.Generator) -> tuple[Payload, Any]:
         """The upload for ``delta`` (on the executor), and the client state after it
-        (e.g. an error-feedback residual). ``rng`` is the job's keyed stream."""
-        return {"delta": delta}, client_state
+        (e.g. an error-feedback residual). ``rng`` is the job's keyed stream.
+
+        With a codec: ``compress_with_feedback``, whose residual (a float32 array, or None
+        without error feedback) is the client's state; ``client_state`` is its last one."""
+        codec = codecs.configured(self.params)
+        if codec is None:
+            return {"delta": delta}, client_state
+        return codecs.compress_with_feedback(codec, delta, client_state, rng)
 
     def decode(self, payload: Payload, client: int) -> np.ndarray:
         """The delta an upload stands for (on the server)."""
-        return payload["delta"]
+        codec = codecs.configured(self.params)
+        if codec is None:
+            return payload["delta"]
+        if self.model_size is None:
+            raise RuntimeError(f"{self.name}: decode needs the model's size for {codec.name}; init() first")
+        return codecs.decode(codec, payload, self.model_size)

@@ -37,6 +37,9 @@ import numpy as np
 CODECS = ("none", "topk", "randk", "qsgd", "fp16", "bf16")
 SPARSE = ("topk", "randk")
 DIRECTIONS = ("up", "both")  # up: client uploads only; both: the server's broadcast too
+# Codecs a broadcast may use (direction "both"): deterministic casts, so every client
+# decodes the same model and the server needs to remember nothing per client.
+BROADCAST = ("none", "fp16", "bf16")
 
 Payload = dict[str, np.ndarray]
 
@@ -74,6 +77,12 @@ class CodecConfig:
             raise ValueError("error_feedback must be false with name 'none' (exact: it leaves no residual)")
         if self.direction not in DIRECTIONS:
             raise ValueError(f"direction must be one of {', '.join(DIRECTIONS)} (got {self.direction!r})")
+        if self.direction == "both" and self.name not in BROADCAST:
+            raise ValueError(
+                f"direction 'both' works with fp16 and bf16 only (got {self.name!r}): a sparse or "
+                "stochastic broadcast differs per client, so the server would have to keep each "
+                "client's copy of the model; use direction 'up'"
+            )
 
 
 def payload_bytes(payload: Mapping[str, np.ndarray]) -> int:
@@ -164,6 +173,36 @@ def compress_with_feedback(
     a = x if residual is None else _vector(residual, "residual") + x
     payload = encode(cfg, a, rng)
     return payload, a - decode(cfg, payload, a.size)
+
+
+# ---- codecs in an algorithm ----------------------------------------------------------------
+# An algorithm whose Params have a ``codec: CodecConfig`` field gets these through
+# algorithms/base.py (encode, decode, receive and the jobs' download cost), so FedAvg, its
+# presets, FedProx, FedBuff and FedAsync share one implementation.
+
+
+def configured(params: object) -> CodecConfig | None:
+    """The codec ``params`` configure, or None when they have none or it is ``none`` (then
+    the algorithm's upload stays the plain ``{"delta": delta}``, bit for bit)."""
+    cfg = getattr(params, "codec", None)
+    if cfg is None:
+        return None
+    if not isinstance(cfg, CodecConfig):
+        raise TypeError(f"codec must be a CodecConfig (got {type(cfg).__name__})")
+    return None if cfg.name == "none" else cfg
+
+
+def compresses_broadcast(cfg: CodecConfig | None) -> bool:
+    """Whether the server's broadcast of the model is sent with ``cfg`` too."""
+    return cfg is not None and cfg.direction == "both" and cfg.name != "none"
+
+
+def broadcast(cfg: CodecConfig, model: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The model a client receives when the server sends ``model`` under ``cfg`` (direction
+    both): the decoded cast, float32 (the casts draw nothing from ``rng``)."""
+    if cfg.name not in BROADCAST:
+        raise ValueError(f"a broadcast must be one of {', '.join(BROADCAST)} (got {cfg.name!r})")
+    return decode(cfg, encode(cfg, model, rng), np.size(model))
 
 
 # ---- helpers --------------------------------------------------------------------------

@@ -7,11 +7,14 @@ model at once with ``alpha_t = alpha * s(t - tau)`` (spec async-algorithms.md §
 ``n_i / n`` factor (APPFL's, spec §1 pitfall 1). A finished client is replaced by one
 sampled uniformly from the idle clients, as FedBuff does, so the two share a scheduler.
 The paper's client-side proximal term (rho) is not applied: clients run plain local SGD.
+Updates can be compressed with ``codec`` (algorithms/codecs.py), as in FedAvg; with
+``codec.direction=both`` the client's delta is taken against the model it received, and
+the server still mixes it against its own exact ``x^tau``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
 import numpy as np
@@ -26,6 +29,7 @@ from algorithms.aggregation import (
     staleness_weight,
 )
 from algorithms.base import Algorithm, Job, Update
+from algorithms.codecs import CodecConfig
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,7 @@ class FedAsyncParams:
     a: float = 0.5  # poly exponent / hinge slope
     b: float = 4.0  # hinge: staleness up to b is not discounted
     mix_mode: str = "mix_current"  # the paper; delta_on_stale_base is APPFL's gradient_based
+    codec: CodecConfig = field(default_factory=CodecConfig)  # update compression (algorithms/codecs.py)
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -64,13 +69,14 @@ class FedAsync(Algorithm[FedAsyncState]):
     params: FedAsyncParams
 
     def init(self, model: np.ndarray) -> FedAsyncState:
+        self.model_size = int(np.size(model))  # decoding a codec's payload needs it
         return FedAsyncState(model=np.array(model, dtype=np.float32))
 
     def jobs(
         self, state: FedAsyncState, now: float, idle: np.ndarray, rng: np.random.Generator
     ) -> tuple[FedAsyncState, list[Job]]:
         in_flight, jobs = dispatch(self.task_for, state.in_flight, self.params.concurrency, idle, rng)
-        return replace(state, in_flight=in_flight), jobs
+        return replace(state, in_flight=in_flight), self.with_download_cost(jobs, state.model)
 
     def on_update(self, state: FedAsyncState, update: Update, now: float) -> FedAsyncState:
         p = self.params

@@ -20,6 +20,9 @@ Synchronous FL under stragglers (time-models.md §5):
   job (its aggregation time, plus fine-tuning if configured); the version appears, and the
   next round is dispatched, when that job ends, so a round costs slowest client + aggregation.
 
+Uploads (and with ``codec.direction=both`` the broadcast) can be compressed: ``codec``
+(algorithms/codecs.py; through algorithms/base.py, shared with FedBuff and FedAsync).
+
 FedAvgM, FedAdagrad, FedAdam and FedYogi are presets of this class (end of the file).
 """
 
@@ -33,6 +36,7 @@ import numpy as np
 
 from algorithms.aggregation import check_choice, release, weighted_average
 from algorithms.base import Algorithm, Job, ServerJob, Task, Update, sample_clients
+from algorithms.codecs import CodecConfig
 from algorithms.server_opt import ServerOptParams, ServerOptState
 
 WEIGHTINGS = ("samples", "uniform")
@@ -45,6 +49,7 @@ class FedAvgParams(ServerOptParams):
     weighting: str = "samples"  # samples: n_i / sum n over the returned clients; uniform: 1/m
     deadline: float = 0.0  # virtual seconds from dispatch until the round closes; 0 = none
     over_selection: float = 1.0  # clients sampled per clients_per_round (FedScale: 1.3)
+    codec: CodecConfig = field(default_factory=CodecConfig)  # update compression (algorithms/codecs.py)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -89,6 +94,7 @@ class FedAvg(Algorithm[FedAvgState]):
     params: FedAvgParams
 
     def init(self, model: np.ndarray) -> FedAvgState:
+        self.model_size = int(np.size(model))  # decoding a codec's payload needs it
         return FedAvgState(model=np.array(model, dtype=np.float32))
 
     def jobs(
@@ -104,6 +110,7 @@ class FedAvg(Algorithm[FedAvgState]):
         job_quorum = quorum if len(chosen) > quorum else 0
         tasks = self.round_tasks(chosen, rng)
         jobs = [Job(c, t, quorum=job_quorum) for c, t in zip(chosen, tasks, strict=True)]
+        jobs = self.with_download_cost(jobs, state.model)
         return replace(state, pending=tuple(sorted(chosen)), quorum=quorum, round_start=now), jobs
 
     def round_tasks(self, clients: list[int], rng: np.random.Generator) -> list[Task]:

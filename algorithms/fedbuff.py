@@ -10,6 +10,7 @@ A flush is one step of the server optimizer (``server_opt``, server_opt.py) on t
 buffer's direction; the default ``sgd`` is the step above, and "momentum 0.9" in FLSim's
 configs is ``avgm``. With ``buffer_size == concurrency``, equal delays and "mean", this is
 FedAvg with uniform weights and the same ``server_opt``, draw for draw and bit for bit.
+Updates can be compressed with ``codec`` (algorithms/codecs.py), as in FedAvg.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from algorithms.aggregation import (
     weighted_sum,
 )
 from algorithms.base import Algorithm, Job, Update
+from algorithms.codecs import CodecConfig
 from algorithms.server_opt import ServerOptParams, ServerOptState
 
 BUFFER_REDUCES = ("mean", "sum")
@@ -43,6 +45,7 @@ class FedBuffParams(ServerOptParams):
     b: float = 4.0  # hinge: staleness up to b is not discounted
     buffer_reduce: str = "mean"  # mean: divide the weighted sum by K (paper); sum: FLSim
     max_staleness: int = -1  # staler updates are discarded; -1 = no limit
+    codec: CodecConfig = field(default_factory=CodecConfig)  # update compression (algorithms/codecs.py)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -82,13 +85,14 @@ class FedBuff(Algorithm[FedBuffState]):
     params: FedBuffParams
 
     def init(self, model: np.ndarray) -> FedBuffState:
+        self.model_size = int(np.size(model))  # decoding a codec's payload needs it
         return FedBuffState(model=np.array(model, dtype=np.float32))
 
     def jobs(
         self, state: FedBuffState, now: float, idle: np.ndarray, rng: np.random.Generator
     ) -> tuple[FedBuffState, list[Job]]:
         in_flight, jobs = dispatch(self.task_for, state.in_flight, self.params.concurrency, idle, rng)
-        return replace(state, in_flight=in_flight), jobs
+        return replace(state, in_flight=in_flight), self.with_download_cost(jobs, state.model)
 
     def on_update(self, state: FedBuffState, update: Update, now: float) -> FedBuffState:
         p = self.params

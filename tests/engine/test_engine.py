@@ -100,6 +100,13 @@ def test_wall_clock_mode_runs_with_real_sleeps() -> None:
 # fine-tuning on the pool, and a scheduler with timers.
 ACROSS = {
     "fedbuff": ("algorithm.concurrency=6", "algorithm.buffer_size=3"),
+    # error-feedback residuals as client states: carried in the checkpoint and across executors
+    "fedbuff:topk": (
+        "algorithm.concurrency=6",
+        "algorithm.buffer_size=3",
+        "algorithm.codec.name=topk",
+        "algorithm.codec.ratio=0.05",
+    ),
     "fedavg:stacked": ("algorithm.name=fedavg", "algorithm.clients_per_round=6", "executors.stack=4"),
     "pfl": ("algorithm.max_lost=2", "server.seconds_per_aggregation=0.05", "server.steps=2"),
     "fedcompass": ("algorithm.q_max=10", "algorithm.q_min=2"),
