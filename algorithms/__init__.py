@@ -1,4 +1,5 @@
-"""Federated algorithms: one file each, no Ray. ``ALGORITHMS`` maps config names to classes."""
+"""Federated algorithms: one file each, no Ray. ``ALGORITHMS`` maps config names to classes
+(built-ins, and plug-ins named by import path or entry point)."""
 
 from __future__ import annotations
 
@@ -11,14 +12,20 @@ from algorithms.fedcompass import FedCompass
 from algorithms.fedfix import FedFix
 from algorithms.fedprox import FedProx
 from algorithms.pfl import PFL, VPFL
+from engine.core.registry import Registry, subclass_with_params
 
-ALGORITHMS: dict[str, type[Algorithm]] = {
-    cls.name: cls
-    for cls in (
-        *(FedAvg, FedProx, FedAsync, FedBuff),
-        *(FedAvgM, FedAdam, FedYogi, FedAdagrad),
-        *(FedFix, FedCompass, FedAT, PFL, VPFL),
-    )
-}
+# Built-ins by name; a config may also name a plug-in (engine/core/registry.py).
+ALGORITHMS: Registry[type[Algorithm]] = Registry(
+    "algorithm",
+    {
+        cls.name: cls
+        for cls in (
+            *(FedAvg, FedProx, FedAsync, FedBuff),
+            *(FedAvgM, FedAdam, FedYogi, FedAdagrad),
+            *(FedFix, FedCompass, FedAT, PFL, VPFL),
+        )
+    },
+    subclass_with_params(Algorithm, "algorithm"),
+)
 
 __all__ = ["ALGORITHMS", "Algorithm"]

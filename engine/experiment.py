@@ -199,6 +199,7 @@ def _run_local(
     from engine.worker.data import load_data
     from engine.worker.local import LocalBackend
     from engine.worker.worker import ExecutorSpec
+    from workloads import DatasetMeta
 
     started = time.time()
     data = load_data(cfg)
@@ -223,6 +224,7 @@ def _run_local(
 
     sim.on_step = report
     result = _run_coroutine(sim.run(resume))
+    result["data_meta"] = DatasetMeta.of(data.dataset)  # to rebuild the model (engine/api.py)
     last[0] = 0.0
     report()
     return result

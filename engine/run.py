@@ -62,20 +62,22 @@ def _keys(params: Any, prefix: str = "") -> list[str]:
 
 
 def list_components() -> str:
-    from engine.core.delays import describe_families
-    from workloads.partition import PARTITIONS
+    from engine.core.delays import SPEED_PLUGINS, describe_families
+    from workloads.partition import PARTITION_PLUGINS, PARTITIONS
 
     lines = []
     for section, registry in OPEN_SECTIONS.items():
-        lines.append(f"{section}s ({section}.name=...):")
-        for name, cls in registry.items():
+        lines.append(f"{section}s ({section}.name=...; or a plug-in: package.module:Class, ./file.py:Class):")
+        for name, cls in registry.discover():  # built-ins, then installed entry points
             doc = (getattr(cls, "description", "") or (cls.__doc__ or "")).strip().splitlines()
             lines.append(f"  {name:<12} {doc[0] if doc else ''}")
             params = ", ".join(_keys(cls.Params()))
             lines.append(f"  {'':<12} keys: {params}")
-    lines.append("partitions (partition.name=...): " + ", ".join(PARTITIONS))
-    lines.append("client speed families (clients.speed.family=...):")
+    partitions = [*PARTITIONS, *(name for name, _ in PARTITION_PLUGINS.discover())]
+    lines.append("partitions (partition.name=...; or a plug-in): " + ", ".join(partitions))
+    lines.append("client speed families (clients.speed.family=...; or a plug-in):")
     lines.extend(f"  {name:<12} {text}" for name, text in describe_families())
+    lines.extend(f"  {name:<12} (plug-in)" for name, _ in SPEED_PLUGINS.discover())
     return "\n".join(lines)
 
 

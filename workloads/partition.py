@@ -23,11 +23,20 @@ Every scheme is deterministic in ``seed`` and returns sorted int64 index arrays.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
+from engine.core.registry import Registry, function
+
 PARTITIONS = ("iid", "dirichlet_per_class", "dirichlet_per_client", "shards", "quantity_skew", "natural")
+
+# A partition plug-in is ``scheme(labels, num_clients, num_classes, rng, cfg)`` returning one
+# array of positions into ``labels`` per client (engine/core/registry.py names it).
+PARTITION_PLUGINS: Registry[Callable[..., list[np.ndarray]]] = Registry(
+    "partition", {}, function("partition")
+)
 
 # Fixed purpose constant for partition draws (zlib.crc32(b"workload.partition")), so
 # partitioning never reuses the stream that generated the data from the same seed.
@@ -52,8 +61,13 @@ class PartitionConfig:
     shared_per_client: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.name not in PARTITIONS:
-            raise ValueError(f"name must be one of {', '.join(PARTITIONS)} (got {self.name!r})")
+        if self.name not in PARTITIONS and (problem := PARTITION_PLUGINS.problem(self.name)):
+            if ":" in self.name:
+                raise ValueError(f"name: {problem}")
+            raise ValueError(
+                f"name must be one of {', '.join(PARTITIONS)}, or a plug-in (package.module:function, "
+                f"./file.py:function or a fedray.partitions entry point) (got {self.name!r})"
+            )
         if not self.alpha > 0:
             raise ValueError(f"alpha must be > 0 (got {self.alpha})")
         if self.classes_per_client < 1:
@@ -124,7 +138,14 @@ def _scheme(
         return _dirichlet_per_client(labels, num_clients, num_classes, cfg.alpha, rng)
     if cfg.name == "quantity_skew":
         return _quantity_skew(len(labels), num_clients, cfg, rng)
-    return _shards(labels, num_clients, cfg.classes_per_client, rng)
+    if cfg.name == "shards":
+        return _shards(labels, num_clients, cfg.classes_per_client, rng)
+    parts = PARTITION_PLUGINS[cfg.name](labels, num_clients, num_classes, rng, cfg)
+    if len(parts) != num_clients:
+        raise ValueError(
+            f"partition plug-in {cfg.name!r} returned {len(parts)} shards for {num_clients} clients"
+        )
+    return [np.asarray(p, dtype=np.int64) for p in parts]
 
 
 def _shared_set(

@@ -31,6 +31,7 @@ from engine.config.sections import (
     StopConfig,
 )
 from engine.core.delays import ClientsConfig, DelayModel
+from engine.core.registry import PluginError, Registry
 from workloads import WORKLOADS, DataError
 from workloads.partition import PARTITIONS, PartitionConfig
 
@@ -65,7 +66,7 @@ class Config:
     ray: RayConfig = field(default_factory=RayConfig)
 
 
-OPEN_SECTIONS: dict[str, dict[str, Any]] = {"algorithm": ALGORITHMS, "workload": WORKLOADS}
+OPEN_SECTIONS: dict[str, Registry[Any]] = {"algorithm": ALGORITHMS, "workload": WORKLOADS}
 DEFAULT_NAMES = {"algorithm": "fedbuff", "workload": "synthetic"}
 
 
@@ -149,9 +150,15 @@ def build_config(raw: dict[str, Any]) -> Config:
             raise ConfigError(f"{section} must be a section (a mapping), e.g. {section}.name=...")
         body = dict(body)
         name = body.pop("name", DEFAULT_NAMES[section])
-        if name not in registry:
-            raise ConfigError(f"unknown {section} {name!r}{_suggest(str(name), registry)}; see --list")
-        sections[section] = NamedSpec(name, _build(registry[name].Params, body, section))
+        try:
+            cls = registry[str(name)]  # a built-in, or a plug-in imported now (engine/core/registry.py)
+        except PluginError as e:
+            if ":" in str(name):
+                raise ConfigError(f"{section}.name: {e}") from None
+            raise ConfigError(
+                f"unknown {section} {name!r}{_suggest(str(name), registry)}; see --list"
+            ) from None
+        sections[section] = NamedSpec(name, _build(cls.Params, body, section))
     if "partition" not in raw or "name" not in (raw.get("partition") or {}):
         raw.setdefault("partition", {})
         if isinstance(raw["partition"], dict):

@@ -5,6 +5,7 @@ one frozen dataclass per component, each validating its own fields in one line p
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from algorithms.base import ServerCost, Task
 
@@ -157,6 +158,20 @@ class CheckpointConfig:
 class RayConfig:
     address: str = ""  # "": start a local Ray; "auto": attach to a running cluster; or host:port
     num_cpus: int = 0  # local Ray only: CPUs to use (0 = all)
+    # Ray's runtime environment, how plug-ins (engine/core/registry.py) reach executors on
+    # other nodes: working_dir ships a folder (the executors run in a copy of it),
+    # py_modules ships packages by their local paths.
+    working_dir: str = ""
+    py_modules: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _check(self.num_cpus >= 0, f"num_cpus must be >= 0 (got {self.num_cpus})")
+
+    @property
+    def runtime_env(self) -> dict[str, Any] | None:
+        env: dict[str, Any] = {}
+        if self.working_dir:
+            env["working_dir"] = self.working_dir
+        if self.py_modules:
+            env["py_modules"] = list(self.py_modules)
+        return env or None

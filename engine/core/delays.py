@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from engine.core.registry import Registry, function
 from engine.core.rng import stream
 
 _FAMILY_DOCS = {
@@ -31,6 +33,9 @@ _FAMILY_DOCS = {
     "linear": "deterministic factor 1 - i*spread/(N-1) (FedFix scenario F-X)",
 }
 FAMILIES: tuple[str, ...] = tuple(_FAMILY_DOCS)
+# A speed family plug-in is ``family(num_clients, rng_for, speed_cfg)`` returning one speed
+# factor per client; ``rng_for(i)`` is client i's keyed stream (engine/core/registry.py).
+SPEED_PLUGINS: Registry[Callable[..., Any]] = Registry("speed", {}, function("speed family"))
 AVAILABILITY_MODES = ("always", "periodic", "trace")
 _TRACE_COLUMNS = ("seconds_per_sample", "latency", "up_mbps", "down_mbps")
 
@@ -69,7 +74,13 @@ class SpeedConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "tier_fractions", _floats(self.tier_fractions))
         object.__setattr__(self, "tier_factors", _floats(self.tier_factors))
-        _check(self.family in FAMILIES, f"family must be one of {', '.join(FAMILIES)} (got {self.family!r})")
+        if self.family not in FAMILIES and (problem := SPEED_PLUGINS.problem(self.family)):
+            raise ValueError(
+                f"family: {problem}"
+                if ":" in self.family
+                else f"family must be one of {', '.join(FAMILIES)}, or a plug-in (package.module:function, "
+                f"./file.py:function or a fedray.speeds entry point) (got {self.family!r})"
+            )
         spp = self.seconds_per_sample
         _check(0 < spp < math.inf, f"seconds_per_sample must be > 0 and finite (got {spp})")
         _check(self.sigma >= 0, f"sigma must be >= 0 (got {self.sigma})")
@@ -261,6 +272,16 @@ class DelayModel:
             counts[np.argsort(counts - exact, kind="stable")[: max(0, n - int(counts.sum()))]] += 1
             factors = np.empty(n)
             factors[stream(self.seed, "tiers").permutation(n)] = np.repeat(sp.tier_factors, counts)
+            return factors
+        if fam in SPEED_PLUGINS:
+            factors = np.asarray(
+                SPEED_PLUGINS[fam](n, lambda i: stream(self.seed, "speed", i), sp), dtype=float
+            )
+            if factors.shape != (n,) or not (np.isfinite(factors).all() and (factors > 0).all()):
+                raise DelayConfigError(
+                    f"speed family plug-in {fam!r} must return {n} finite factors > 0 "
+                    f"(got shape {factors.shape})"
+                )
             return factors
         draw = {
             "normal": lambda g: max(sp.min_factor, g.normal(1.0, sp.sigma)),

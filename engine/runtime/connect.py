@@ -34,14 +34,16 @@ def connect_ray(cfg: Config) -> bool:
     if ray.is_initialized():
         return False
     token_auth()
+    env = cfg.ray.runtime_env  # plug-ins travel to every node with it
     if cfg.ray.address:
-        ray.init(address=cfg.ray.address, logging_level=logging.WARNING)
+        ray.init(address=cfg.ray.address, logging_level=logging.WARNING, runtime_env=env)
     else:
         ray.init(
             address="local",
             num_cpus=cfg.ray.num_cpus or None,
             include_dashboard=False,
             logging_level=logging.WARNING,
+            runtime_env=env,
         )
     return True
 

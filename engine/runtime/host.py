@@ -17,6 +17,7 @@ from engine.core.wall import WallSimulation
 from engine.runtime.pool import ExecutorPool, Placement
 from engine.worker.data import load_data
 from engine.worker.worker import ExecutorSpec
+from workloads import DatasetMeta
 
 
 @ray.remote
@@ -82,4 +83,6 @@ class Server:
         self.sim = kind(cfg, pool, data.shards.sizes, self.progress_info, wall_start=started)
         if self.stop_reason:
             self.sim.request_stop(self.stop_reason)
-        return await self.sim.run(self.resume)
+        result = await self.sim.run(self.resume)
+        result["data_meta"] = DatasetMeta.of(data.dataset)  # to rebuild the model (engine/api.py)
+        return result
