@@ -158,9 +158,9 @@ class CheckpointConfig:
 class RayConfig:
     address: str = ""  # "": start a local Ray; "auto": attach to a running cluster; or host:port
     num_cpus: int = 0  # local Ray only: CPUs to use (0 = all)
-    # Ray's runtime environment, how plug-ins (engine/core/registry.py) reach executors on
-    # other nodes: working_dir ships a folder (the executors run in a copy of it),
-    # py_modules ships packages by their local paths.
+    # Ray's runtime environment, given when fedray starts or attaches to Ray: how plug-ins
+    # (engine/core/registry.py) reach other nodes. working_dir ships a folder (the server
+    # and executors run in a copy of it); py_modules ships packages by their local paths.
     working_dir: str = ""
     py_modules: tuple[str, ...] = ()
 

@@ -31,10 +31,15 @@ def connect_ray(cfg: Config) -> bool:
     (and so must shut it down); a Ray that was already running is left alone."""
     import ray
 
+    env = cfg.ray.runtime_env  # plug-ins travel to every node with it (Ray takes it at init)
     if ray.is_initialized():
+        if env:
+            raise ConfigError(
+                "ray.working_dir and ray.py_modules apply when fedray starts or attaches to Ray, but "
+                "this process is connected already: pass them to ray.init(runtime_env=...) instead"
+            )
         return False
     token_auth()
-    env = cfg.ray.runtime_env  # plug-ins travel to every node with it
     if cfg.ray.address:
         ray.init(address=cfg.ray.address, logging_level=logging.WARNING, runtime_env=env)
     else:

@@ -6,6 +6,7 @@ does not lose the run (its executor is replaced on a node with room, its jobs re
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -130,3 +131,33 @@ def test_worker_node_lost_mid_run(cluster: Any, one_node: Path, tmp_path: Path) 
     assert removed and result["summary"]["executors_replaced"] >= 1
     for ref, lost in zip(frames(one_node), frames(path), strict=True):
         pd.testing.assert_frame_equal(ref, lost, check_exact=True)
+
+
+def test_a_plug_in_travels_to_the_executors_with_py_modules(
+    cluster: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The algorithm lives in a package that only the driver can import; Ray ships it to
+    the server and the executors (on every node) through ``ray.py_modules``."""
+    package = tmp_path / "nova_plugin"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    (package / "fednova.py").write_text((examples / "fednova.py").read_text())
+    monkeypatch.syspath_prepend(str(tmp_path))  # the driver validates the config with it
+    import ray
+
+    address = cluster.address
+    cfg = tiny(
+        *COMMON,
+        "algorithm.name=nova_plugin.fednova:FedNova",
+        f"ray.py_modules=[{package}]",
+        f"ray.address={address}",
+    )
+    ray.shutdown()  # the engine attaches itself, with the runtime environment
+    try:
+        result, _ = run_experiment(cfg, write=False)
+    finally:
+        ray.init(address=address, logging_level="ERROR")  # as the fixture left it
+    assert result["summary"]["versions"] == 15
+    local, _ = run_experiment(replace(cfg, executors=replace(cfg.executors, backend="local")), write=False)
+    assert result["events"] == local["events"]  # the same algorithm ran, wherever it ran
