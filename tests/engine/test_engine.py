@@ -99,7 +99,6 @@ def test_wall_clock_mode_runs_with_real_sleeps() -> None:
 # Algorithms whose runs exercise the most machinery: a buffer, stacks, server work with
 # fine-tuning on the pool, and a scheduler with timers.
 ACROSS = {
-    "fedbuff": ("algorithm.concurrency=6", "algorithm.buffer_size=3"),
     # error-feedback residuals as client states: carried in the checkpoint and across executors
     "fedbuff:topk": (
         "algorithm.concurrency=6",
