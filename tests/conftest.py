@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -31,8 +32,21 @@ def ray_local() -> Iterator[None]:
     from engine.runtime.connect import token_auth
 
     token_auth()  # as the engine does when it starts Ray
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    try:
+    with workers_at_normal_priority():
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
+        try:
+            yield
+        finally:
+            ray.shutdown()
+
+
+@contextmanager
+def workers_at_normal_priority() -> Iterator[None]:
+    """Ray starts its worker processes (Tune trials, servers, executors) at niceness 15
+    (its worker_niceness default). On a busy machine every process at normal priority then
+    comes first, and a worker's start-up, which imports torch, took minutes instead of
+    seconds: tests ran past their timeout only when the machine was loaded. Set while a
+    test's Ray starts and runs, it leaves workers at normal priority, sharing the CPUs."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAY_worker_niceness", "0")
         yield
-    finally:
-        ray.shutdown()

@@ -17,7 +17,7 @@ from engine.config import Config, load_config
 from engine.experiment import run_experiment
 from engine.runtime.connect import resolve_executors
 from engine.tune import main as tune_main
-from tests.conftest import tiny
+from tests.conftest import tiny, workers_at_normal_priority
 
 pytestmark = [pytest.mark.engine]
 
@@ -26,12 +26,17 @@ COMMON = ("clients.speed.family=lognormal", "clients.speed.jitter=0.3", "stop.ma
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Any]:
-    import ray
-    from ray.cluster_utils import Cluster
-
     from engine.runtime.connect import token_auth
 
     token_auth()  # as the engine does when it starts Ray
+    with workers_at_normal_priority():
+        yield from _cluster()
+
+
+def _cluster() -> Iterator[Any]:
+    import ray
+    from ray.cluster_utils import Cluster
+
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     for _ in range(2):  # the GPU worker type of cluster.yaml, in miniature
         c.add_node(num_cpus=1, num_gpus=1, resources={"gpu_node": 1})

@@ -171,7 +171,15 @@ def test_time_to_target_ranks_trials_that_never_reach_it_last(tmp_path: Path) ->
 def test_asha_stops_a_poor_trial_early(tmp_path: Path) -> None:
     """One trial at a time, the good one first: at the first rung (version 3) the poor
     one is below the rung's median and ASHA stops it; the good one runs to the end.
-    Also: the results folder, Tune's storage elsewhere, and where the actors ran."""
+    Also: the results folder, Tune's storage elsewhere, and where the actors ran.
+
+    Nothing here depends on timing. max_concurrent=1 lets the search create the second
+    trial only once the first has completed, and the grid creates lr 0.1 first. A Tune
+    function trial reports synchronously: each report waits until the scheduler has
+    decided on it, and the run's evaluations come in version order, each reported. So
+    ASHA sees all of the good trial's rungs before the poor trial's first report, and
+    the poor trial's evaluation at version 3 is the one it is judged on. Virtual time
+    makes every accuracy the same on every run."""
     body = """
 scheduler: asha
 reduction_factor: 2
@@ -188,8 +196,17 @@ space:
     assert all(Path(d).parent.parent == store / "out" for d in table.run_dir)
     assert not (out / "trials").exists()
     assert table.loc[0.1, "status"] == "completed" and table.loc[0.1, "version"] == 18
-    assert table.loc[0.0005, "status"] == "stopped early" and table.loc[0.0005, "version"] < 18
+    assert table.loc[0.0005, "status"] == "stopped early" and table.loc[0.0005, "version"] == 3
     assert not (Path(table.loc[0.0005, "run_dir"]) / "metrics.csv").exists()
+    # What ASHA saw: every evaluation of the good trial (and its final report), then the
+    # poor trial's first two. At version 3, the first rung, the poor one (still near chance:
+    # 10 classes) is far below the good one, the rung's cutoff.
+    good_seen, poor_seen = (
+        pd.read_csv(Path(table.loc[lr, "run_dir"]).parent / "progress.csv") for lr in (0.1, 0.0005)
+    )
+    assert good_seen.version.tolist() == [0, 3, 6, 9, 12, 15, 18, 18]
+    assert poor_seen.version.tolist() == [0, 3] and poor_seen.timestamp.min() >= good_seen.timestamp.max()
+    assert poor_seen.accuracy.iloc[1] < 0.1 and good_seen.accuracy.iloc[1] > 0.4
     # The table's figures are the trial's own run results (synced by Tune).
     good = table.loc[0.1]
     metrics = pd.read_csv(Path(good.run_dir) / "metrics.csv").dropna(subset=["accuracy"])
