@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 import numpy as np
 
-from algorithms import codecs
+import algorithms.codecs as codecs
 from algorithms.task import LocalTraining, Task
 
 if TYPE_CHECKING:
