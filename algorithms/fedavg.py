@@ -23,6 +23,14 @@ Synchronous FL under stragglers (time-models.md §5):
 Uploads (and with ``codec.direction=both`` the broadcast) can be compressed: ``codec``
 (algorithms/codecs.py; through algorithms/base.py, shared with FedBuff and FedAsync).
 
+Byzantine robustness: ``aggregator`` (algorithms/robust.py) combines the round's deltas by
+a robust rule (median, trimmed mean, Krum, ...) instead of the weighted mean; the server
+optimizer steps on the result as on the mean. ``mean`` (the default) is the plain FedAvg
+average, bit for bit. A round with fewer updates than the rule needs (a deadline or drops
+cut it short) makes no version (``robust_skipped``). ALIE colluders' updates
+(``attacks.ColludingUpdate``) are replaced by mean - z * std of the round's honest ones
+before the rule sees them.
+
 FedAvgM, FedAdagrad, FedAdam and FedYogi are presets of this class (end of the file).
 """
 
@@ -34,9 +42,12 @@ from typing import ClassVar
 
 import numpy as np
 
-from algorithms.aggregation import check_choice, release, weighted_average
+from algorithms import robust
+from algorithms.aggregation import check_choice, release
+from algorithms.attacks import ColludingUpdate, collude
 from algorithms.base import Algorithm, Job, ServerJob, Task, Update, sample_clients
 from algorithms.codecs import CodecConfig
+from algorithms.robust import AggregatorConfig
 from algorithms.server_opt import ServerOptParams, ServerOptState
 
 WEIGHTINGS = ("samples", "uniform")
@@ -50,6 +61,7 @@ class FedAvgParams(ServerOptParams):
     deadline: float = 0.0  # virtual seconds from dispatch until the round closes; 0 = none
     over_selection: float = 1.0  # clients sampled per clients_per_round (FedScale: 1.3)
     codec: CodecConfig = field(default_factory=CodecConfig)  # update compression (algorithms/codecs.py)
+    aggregator: AggregatorConfig = field(default_factory=AggregatorConfig)  # robust rule (robust.py)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -81,6 +93,7 @@ class FedAvgState:
     outbox: tuple[ServerJob, ...] = ()  # server work not yet handed to the engine
     unwanted: tuple[int, ...] = ()  # cut-off clients whose jobs ``discard`` hands the engine
     discarded: int = 0  # jobs cut off over the whole run (deadline passed, quorum full)
+    robust_skipped: int = 0  # rounds too small for the robust aggregator: no version
     opt: ServerOptState = field(default_factory=ServerOptState)
 
 
@@ -91,6 +104,8 @@ class FedAvg(Algorithm[FedAvgState]):
     name: ClassVar[str] = "fedavg"
     Params: ClassVar[type] = FedAvgParams
     models_server_time: ClassVar[bool] = True
+    # Its aggregation replaces ALIE colluders' updates (attacks.ColludingUpdate).
+    colludes: ClassVar[bool] = True
     params: FedAvgParams
 
     def init(self, model: np.ndarray) -> FedAvgState:
@@ -162,11 +177,15 @@ class FedAvg(Algorithm[FedAvgState]):
         if not state.received:  # everyone dropped or was late: no version
             return state
         updates, p = state.received, self.params
+        try:
+            robust.check_feasible(p.aggregator, len(updates))
+        except ValueError:
+            return replace(state, received=(), robust_skipped=state.robust_skipped + 1)
         if p.weighting == "samples":
             weights = [float(u.num_samples) for u in updates]
         else:
             weights = [1.0] * len(updates)
-        direction = weighted_average([u.delta for u in updates], weights)
+        direction = robust.aggregate(p.aggregator, round_deltas(updates), weights)
         model, opt = p.server_update(state.model, direction, state.opt, p.server_lr)
         state = replace(state, opt=opt, received=())
         job = self.aggregation_job(state.version + 1, model, len(updates), updates[0].delta.nbytes)
@@ -184,7 +203,19 @@ class FedAvg(Algorithm[FedAvgState]):
         out = {"dropped": float(state.dropped)}
         if self.params.deadline > 0 or self.params.over_selection > 1:
             out["discarded"] = float(state.discarded)  # cut off by the deadline or a full quorum
+        if self.params.aggregator.name != "mean":
+            out["robust_skipped"] = float(state.robust_skipped)
         return out
+
+
+def round_deltas(updates: tuple[Update, ...]) -> list[np.ndarray]:
+    """The deltas of one aggregate, ALIE colluders' replaced (attacks.collude)."""
+    deltas = [u.delta for u in updates]
+    colluders = [i for i, u in enumerate(updates) if isinstance(u, ColludingUpdate)]
+    if not colluders:
+        return deltas
+    z = next(u.alie_z for u in updates if isinstance(u, ColludingUpdate))
+    return collude(deltas, set(colluders), z)
 
 
 # ---- presets from the server-optimizer literature (server_opt.py) ----------------------

@@ -11,6 +11,13 @@ buffer's direction; the default ``sgd`` is the step above, and "momentum 0.9" in
 configs is ``avgm``. With ``buffer_size == concurrency``, equal delays and "mean", this is
 FedAvg with uniform weights and the same ``server_opt``, draw for draw and bit for bit.
 Updates can be compressed with ``codec`` (algorithms/codecs.py), as in FedAvg.
+
+Byzantine robustness: with ``aggregator`` other than ``mean`` (algorithms/robust.py), a
+flush combines the buffer's staleness-weighted updates ``s(u_i) Delta_i`` by the robust
+rule in place of their mean (times K for ``buffer_reduce=sum``); the server optimizer
+steps on the result. ``mean`` is the plain flush above, bit for bit. ALIE colluders'
+updates (``attacks.ColludingUpdate``) are replaced by mean - z * std of the buffer's
+honest deltas before the staleness weights and the rule apply.
 """
 
 from __future__ import annotations
@@ -28,8 +35,10 @@ from algorithms.aggregation import (
     staleness_weight,
     weighted_sum,
 )
+from algorithms.attacks import ColludingUpdate, collude
 from algorithms.base import Algorithm, Job, Update
 from algorithms.codecs import CodecConfig
+from algorithms.robust import AggregatorConfig, aggregate
 from algorithms.server_opt import ServerOptParams, ServerOptState
 
 BUFFER_REDUCES = ("mean", "sum")
@@ -46,6 +55,7 @@ class FedBuffParams(ServerOptParams):
     buffer_reduce: str = "mean"  # mean: divide the weighted sum by K (paper); sum: FLSim
     max_staleness: int = -1  # staler updates are discarded; -1 = no limit
     codec: CodecConfig = field(default_factory=CodecConfig)  # update compression (algorithms/codecs.py)
+    aggregator: AggregatorConfig = field(default_factory=AggregatorConfig)  # robust rule (robust.py)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -69,6 +79,8 @@ class FedBuffState:
     # (Delta_i, coefficient) in arrival order; the coefficient already holds s(u_i) and,
     # for "mean", the 1/K, so a flush is one ordered weighted sum.
     buffer: tuple[tuple[np.ndarray, float], ...] = ()
+    weights: tuple[float, ...] = ()  # s(u_i) of each buffered update (for a robust aggregator)
+    colluders: tuple[tuple[int, float | None], ...] = ()  # ALIE: (position in buffer, its z or None)
     applied: int = 0  # updates that went into a flush
     discarded_stale: int = 0  # updates dropped for exceeding max_staleness
     staleness_sum: int = 0  # sum of u over buffered updates, for the mean in stats()
@@ -82,6 +94,8 @@ class FedBuff(Algorithm[FedBuffState]):
     )
     name: ClassVar[str] = "fedbuff"
     Params: ClassVar[type] = FedBuffParams
+    # Its aggregation replaces ALIE colluders' updates (attacks.ColludingUpdate).
+    colludes: ClassVar[bool] = True
     params: FedBuffParams
 
     def init(self, model: np.ndarray) -> FedBuffState:
@@ -102,20 +116,44 @@ class FedBuff(Algorithm[FedBuffState]):
             return replace(state, discarded_stale=state.discarded_stale + 1)
         s = staleness_weight(p.staleness, u, p.a, p.b)
         coeff = s / p.buffer_size if p.buffer_reduce == "mean" else s
+        colluders = state.colluders
+        if isinstance(update, ColludingUpdate):
+            colluders = (*colluders, (len(state.buffer), update.alie_z))
         buffer = (*state.buffer, (update.delta, coeff))
-        state = replace(state, buffer=buffer, staleness_sum=state.staleness_sum + u)
+        state = replace(
+            state,
+            buffer=buffer,
+            weights=(*state.weights, s),
+            colluders=colluders,
+            staleness_sum=state.staleness_sum + u,
+        )
         if len(buffer) < p.buffer_size:
             return state
-        direction = weighted_sum([d for d, _ in buffer], [c for _, c in buffer])
-        model, opt = p.server_update(state.model, direction, state.opt, p.server_lr)
+        model, opt = p.server_update(state.model, self._direction(state), state.opt, p.server_lr)
         return replace(
             state,
             model=model,
             opt=opt,
             version=state.version + 1,
             buffer=(),
+            weights=(),
+            colluders=(),
             applied=state.applied + len(buffer),
         )
+
+    def _direction(self, state: FedBuffState) -> np.ndarray:
+        """The full buffer's aggregate: the ordered weighted sum, or the robust rule's."""
+        p = self.params
+        deltas = [d for d, _ in state.buffer]
+        if state.colluders:
+            deltas = collude(deltas, {i for i, _ in state.colluders}, state.colluders[0][1])
+        if p.aggregator.name == "mean":
+            return weighted_sum(deltas, [c for _, c in state.buffer])
+        weighted = [w * np.asarray(d, dtype=np.float64) for d, w in zip(deltas, state.weights, strict=True)]
+        direction = aggregate(p.aggregator, weighted)
+        if p.buffer_reduce == "sum":
+            return (len(deltas) * direction.astype(np.float64)).astype(np.float32)
+        return direction
 
     def on_drop(self, state: FedBuffState, client: int, now: float) -> FedBuffState:
         return replace(state, in_flight=release(state.in_flight, client), dropped=state.dropped + 1)

@@ -14,6 +14,9 @@ random each round (not by device speed) and number ``n - round(n (1 - p))``; a
 straggler's shorter job also takes less virtual time. This lives here, not in FedAvg:
 the paper's FedAvg baseline *drops* stragglers (use FedAvg's ``deadline`` for that), and
 FedAvg that keeps partial work is FedProx with ``mu = 0``.
+
+Everything on the server is FedAvg's, the robust ``aggregator`` (algorithms/robust.py) and
+the ALIE colluders' replacement included.
 """
 
 from __future__ import annotations

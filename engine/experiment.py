@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from engine.config import Config, ConfigError
 from engine.report.results import default_out_dir, save_checkpoint, write_results
+from engine.report.tracking import Trackers
 
 if TYPE_CHECKING:
     from engine.core.checkpoint import Checkpoint
@@ -78,7 +79,10 @@ class Interrupt:
 
 class Watcher:
     """The progress bar and the caller's hooks, fed by either backend; it also writes each
-    checkpoint to ``out_dir/checkpoints/`` as it arrives (``checkpoint_dir``)."""
+    checkpoint to ``out_dir/checkpoints/`` as it arrives (``checkpoint_dir``), and feeds the
+    experiment trackers that ``cfg.track`` asks for (engine/report/tracking.py: the config
+    now, each evaluation row as it arrives, the summary at ``finish``), writing under
+    ``track_dir`` (the run's out_dir; None: no tracking)."""
 
     def __init__(
         self,
@@ -87,9 +91,11 @@ class Watcher:
         on_progress: ProgressHook | None,
         on_evaluation: ProgressHook | None,
         checkpoint_dir: str | None = None,
+        track_dir: str | None = None,
     ) -> None:
         from tqdm.auto import tqdm  # a widget in notebooks, text in a terminal
 
+        self.trackers = Trackers(cfg, track_dir) if track_dir is not None and cfg.track.enabled else None
         self.bar = tqdm(
             total=cfg.stop.max_versions or None, unit="version", disable=not show, file=sys.stderr
         )
@@ -112,11 +118,20 @@ class Watcher:
         for row in rows:
             if self.checkpoint_dir is not None and row.get("checkpoint") is not None:
                 save_checkpoint(self.checkpoint_dir, row["version"], row["checkpoint"])
+            if self.trackers is not None:
+                self.trackers.evaluation(row)
             if self.on_evaluation is not None:
                 self.on_evaluation(row)
 
+    def finish(self, summary: dict[str, Any]) -> None:
+        """The run ended (completed, stopped or interrupted): its summary to the trackers."""
+        if self.trackers is not None:
+            self.trackers.finish(summary)
+
     def close(self) -> None:
         self.bar.close()
+        if self.trackers is not None:  # a run that never finished is marked failed
+            self.trackers.close()
 
 
 def run_experiment(
@@ -163,9 +178,10 @@ def run_experiment(
     if cfg.executors.backend == "local":
         if placement is not None or executors is not None:
             raise ValueError("placement and executors are for executors.backend=ray")
-        watcher = Watcher(cfg, show_progress, on_progress, on_evaluation, checkpoints)
+        watcher = Watcher(cfg, show_progress, on_progress, on_evaluation, checkpoints, out_dir)
         try:
             result = _run_local(cfg, watcher, loaded, interrupt)
+            watcher.finish(result["summary"])
         finally:
             watcher.close()
     else:
@@ -180,9 +196,10 @@ def run_experiment(
             num = resolve_executors(cfg) if placement is None else placement.executors
             if executors is not None and len(executors) != num:
                 raise ValueError(f"{len(executors)} executors handed in for a run of {num}")
-            watcher = Watcher(cfg, show_progress, on_progress, on_evaluation, checkpoints)
+            watcher = Watcher(cfg, show_progress, on_progress, on_evaluation, checkpoints, out_dir)
             try:
                 result = _run_ray(cfg, run_id, num, watcher, placement, resume, executors, interrupt)
+                watcher.finish(result["summary"])
             finally:
                 watcher.close()
         finally:

@@ -13,6 +13,11 @@ The results folder (``out_dir``) gets ``trials.csv`` (one row per trial), ``best
 best trial's experiment, ready for ``python -m engine.run --config``), ``sweep.png`` and
 ``summary.json``; Tune's own folder, with each trial's run results under
 ``<trial>/run/``, is ``<out_dir>/trials`` or ``<tune.storage_path>/<out_dir name>``.
+
+Tracking (``track.*`` of the base experiment) goes through Ray Tune's own logger callbacks
+for the same tools (``tracking_callbacks``): one TensorBoard/MLflow/W&B run per trial, with
+the trial's sampled hyperparameters and every report. The trials' own runs track nothing
+(``untracked``), so nothing is logged twice.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from engine.config import Config, ConfigError
 from engine.config.sweep_space import Dimension, Sweep, list_spaces, load_sweep, probe_configs
 from engine.core.evaluation import LOCAL_METRICS
 from engine.report.sweep_report import write_sweep
+from engine.report.tracking import tracking_callbacks, untracked
 from engine.runtime.connect import connect_ray
 
 DEFAULT_OUT = "runs/tune-{name}-" + time.strftime("%Y%m%d-%H%M%S")
@@ -292,8 +298,9 @@ def run_sweep(sweep: Sweep, quiet: bool = False) -> Any:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     loggers: list[Any] = [CSVLoggerCallback(), JsonLoggerCallback()]  # what ResultGrid reads back
+    loggers += tracking_callbacks(sweep)  # track.*: Tune's callbacks log; the trials' runs do not
     tuner = tune.Tuner(
-        tune.with_resources(tune.with_parameters(trial, sweep=sweep), resources),
+        tune.with_resources(tune.with_parameters(trial, sweep=untracked(sweep)), resources),
         param_space=param_space(sweep),
         tune_config=tune.TuneConfig(
             metric=s.metric,

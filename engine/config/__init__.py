@@ -29,6 +29,7 @@ from engine.config.sections import (
     RayConfig,
     ServerConfig,
     StopConfig,
+    TrackConfig,
 )
 from engine.core.delays import ClientsConfig, DelayModel
 from engine.core.registry import PluginError, Registry
@@ -64,6 +65,7 @@ class Config:
     stop: StopConfig = field(default_factory=StopConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    track: TrackConfig = field(default_factory=TrackConfig)
 
 
 OPEN_SECTIONS: dict[str, Registry[Any]] = {"algorithm": ALGORITHMS, "workload": WORKLOADS}
@@ -262,6 +264,25 @@ def _cross_checks(cfg: Config) -> None:
         raise ConfigError(
             f"executors.stack trains plain local SGD together; {cfg.algorithm.name} has its own "
             "client update: set executors.stack=1"
+        )
+    from algorithms.robust import AggregatorConfig, check_feasible
+
+    aggregator = getattr(params, "aggregator", None)
+    if isinstance(aggregator, AggregatorConfig):
+        # Updates per aggregate: a full FedBuff buffer, or a FedAvg round's quorum.
+        key = "buffer_size" if hasattr(params, "buffer_size") else "clients_per_round"
+        per_aggregate = getattr(params, key, None)
+        if isinstance(per_aggregate, int):
+            try:
+                check_feasible(aggregator, per_aggregate)
+            except ValueError as e:
+                raise ConfigError(f"algorithm.aggregator with algorithm.{key}={per_aggregate}: {e}") from None
+    byz = cfg.clients.byzantine
+    if byz.active and byz.attack == "alie" and not getattr(algorithm, "colludes", False):
+        which = ", ".join(n for n, a in ALGORITHMS.items() if getattr(a, "colludes", False))
+        raise ConfigError(
+            "clients.byzantine.attack=alie replaces colluders' updates where many are aggregated, "
+            f"which {cfg.algorithm.name!r} does not do: use one of {which}, or another attack"
         )
     every = cfg.checkpoint.every
     if every and every % cfg.eval.every:

@@ -4,6 +4,7 @@ one frozen dataclass per component, each validating its own fields in one line p
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from typing import Any
 
@@ -175,3 +176,48 @@ class RayConfig:
         if self.py_modules:
             env["py_modules"] = list(self.py_modules)
         return env or None
+
+
+# What each tracker writes with, and the extra that installs it (pyproject.toml).
+TRACKERS = {"tensorboard": "tensorboardX", "mlflow": "mlflow", "wandb": "wandb"}
+WANDB_MODES = ("offline", "online", "disabled")
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a broken install, or a module set to None in sys.modules
+        return False
+
+
+@dataclass(frozen=True)
+class TrackConfig:
+    """Optional experiment tracking (engine/report/tracking.py), each tool off unless asked
+    for: the resolved config, every evaluation row at step = version, the final summary.
+    A sweep logs through Ray Tune's own callbacks for the same tools instead (engine/tune.py)."""
+
+    tensorboard: bool = False
+    tensorboard_dir: str = ""  # "" = <out_dir>/tensorboard; else a log folder shared by runs: <dir>/<run>
+    mlflow: bool = False
+    mlflow_uri: str = ""  # "" = a local file store, file:<out_dir>/mlruns; or http://host:5000, sqlite:///...
+    mlflow_experiment: str = "fedray"
+    wandb: bool = False
+    wandb_project: str = "fedray"
+    wandb_mode: str = "offline"  # offline: nothing leaves the machine (`wandb sync` later); online; disabled
+
+    def __post_init__(self) -> None:
+        _check(
+            self.wandb_mode in WANDB_MODES,
+            f"wandb_mode must be one of {', '.join(WANDB_MODES)} (got {self.wandb_mode!r})",
+        )
+        _check(self.mlflow_experiment, "mlflow_experiment must name an experiment (got '')")
+        _check(self.wandb_project, "wandb_project must name a project (got '')")
+        for tool, module in TRACKERS.items():
+            _check(
+                not getattr(self, tool) or _installed(module),
+                f'{tool}=true needs the {module} package: pip install -e ".[{tool}]"',
+            )
+
+    @property
+    def enabled(self) -> bool:
+        return self.tensorboard or self.mlflow or self.wandb

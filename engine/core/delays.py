@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from algorithms.attacks import ByzantineConfig
 from engine.core.registry import Registry, function
 from engine.core.rng import stream
 
@@ -137,6 +138,7 @@ class ClientsConfig:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     availability: AvailabilityConfig = field(default_factory=AvailabilityConfig)
     trace: str = ""
+    byzantine: ByzantineConfig = field(default_factory=ByzantineConfig)  # attackers (algorithms/attacks.py)
 
     def __post_init__(self) -> None:
         _check(isinstance(self.num, int) and self.num >= 1, f"num must be an integer >= 1 (got {self.num!r})")

@@ -311,6 +311,8 @@ class Simulation:
             self._complete(event)
 
     def _complete(self, f: InFlight) -> None:
+        from algorithms import attacks
+
         s = self.s
         if f.discarded:
             return  # its result arrived before the algorithm discarded it
@@ -342,6 +344,11 @@ class Simulation:
                     s.client_states.commit(f.seq, f.client)
                 base = s.versions.params(f.version)
                 update = Update(f.client, delta, out.num_samples, f.version, base, out.payload)
+                byz, seed = self.cfg.clients.byzantine, self.cfg.seed
+                if byz.attack == "alie" and f.client in attacks.attacked_set(byz, len(self.sizes), seed):
+                    # ALIE needs the honest updates of the aggregate, which no executor sees:
+                    # the algorithm's aggregation replaces a colluder's update (attacks.collude).
+                    update = attacks.colluding(update, byz.alie_z)
                 s.algorithm = self.algorithm.on_update(s.algorithm, update, now)
                 s.recorder.job(f, now, staleness, up, dropped=False, train_loss=loss)
         if not f.dropped:

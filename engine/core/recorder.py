@@ -224,6 +224,8 @@ class RunRecorder(Plain):
             "executors_replaced": executors_replaced,
             "delays": self.delays,
             "algorithm_stats": algo_stats,
+            # the attacked clients and how many of their updates were applied, when any attack
+            **self.cfg.clients.byzantine.summary(self.cfg.clients.num, self.cfg.seed, applied.client),
         }
         if self.cfg.stop.target_accuracy:
             hit = self.target_version()

@@ -58,15 +58,16 @@ def write_results(out_dir: str, cfg: Config, result: dict[str, Any]) -> Path:
 
 def _install(tmp: Path, target: Path) -> None:
     """Put the finished folder ``tmp`` in ``target``'s place. A target that exists holds
-    the run's checkpoints (written as they were taken) and, after ``--resume``, the results
-    of the interrupted run, which these supersede: the checkpoints move into ``tmp``, the
-    old folder is renamed away before ``tmp`` takes its name, so there is never a moment
-    with no complete folder."""
+    what the run wrote as it went (its checkpoints; TensorBoard, MLflow or W&B folders) and,
+    after ``--resume``, the results of the interrupted run, which these supersede: whatever
+    ``tmp`` does not have moves into it, the old folder is renamed away before ``tmp``
+    takes its name, so there is never a moment with no complete folder."""
     if not target.exists():
         os.replace(tmp, target)
         return
-    if (target / CHECKPOINTS).is_dir():
-        os.replace(target / CHECKPOINTS, tmp / CHECKPOINTS)
+    for entry in target.iterdir():
+        if not (tmp / entry.name).exists():
+            os.replace(entry, tmp / entry.name)
     old = target.with_name(f".{target.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     os.replace(target, old)

@@ -7,12 +7,13 @@ result depends only on its spec and start model, never on where it ran.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from algorithms import ALGORITHMS
+from algorithms.attacks import EXECUTOR_ATTACKS, ByzantineConfig, attack_update, attacked_set, flip_labels
 from algorithms.base import payload_bytes
 from algorithms.task import LocalTraining
 from engine.core.backend import FINETUNE, JobOutput, JobSpec
@@ -39,6 +40,7 @@ class ExecutorSpec:
     num_gpus: float
     eval_batch_size: int
     stack: int = 1
+    byzantine: ByzantineConfig = field(default_factory=ByzantineConfig)  # clients.byzantine
 
     @staticmethod
     def of(cfg: Config) -> ExecutorSpec:
@@ -53,6 +55,7 @@ class ExecutorSpec:
             cfg.executors.num_gpus,
             cfg.eval.batch_size,
             cfg.executors.stack,
+            cfg.clients.byzantine,
         )
 
 
@@ -83,6 +86,9 @@ class Worker:
         torch.manual_seed(int_seed(spec.seed, "init"))
         self.model = self.workload.model(self.meta).to(self.device)
         self.layout = ParamLayout.of(self.model)
+        # The run's Byzantine clients: one keyed draw, the same on every executor and in the loop.
+        self.byzantine = attacked_set(spec.byzantine, len(data.shards.sizes), spec.seed)
+        self.attack = spec.byzantine.attack_config()
         self._test: dict[str, tuple[Any, Any]] = {}  # evaluation sets as tensors, made on first use
         self._train_x = self._cache_on_device()
         self._finetuner: Any = None
@@ -125,9 +131,12 @@ class Worker:
 
         torch = self.torch
         idx = self.shards.shard(job.client)
+        y = np.asarray(self.dataset.y_train[idx], dtype=np.int64)
+        if self.attack.name == "label_flip" and job.client in self.byzantine:
+            y = flip_labels(y, self.meta.num_classes)  # a data-side attack: it trains on lies
         data = ClientData(
             x=self._client_x(idx),
-            y=torch.from_numpy(np.asarray(self.dataset.y_train[idx], dtype=np.int64)).to(self.device),
+            y=torch.from_numpy(y).to(self.device),
             loss_fn=self.workload.loss,
             augment=self.workload.augment,
             losses_fn=self.workload.losses,
@@ -138,7 +147,11 @@ class Worker:
     def _output(
         self, job: JobSpec, delta: np.ndarray, n: int, state: Any, metrics: dict[str, float]
     ) -> JobOutput:
-        """The job's upload: its delta encoded by the algorithm (a keyed stream per job)."""
+        """The job's upload: its delta encoded by the algorithm (a keyed stream per job); a
+        Byzantine client's delta is manipulated first (sign flip, scaling, Gaussian noise)."""
+        if self.attack.name in EXECUTOR_ATTACKS and job.client in self.byzantine:
+            noise = stream(self.spec.seed, "byzantine_noise", job.client, job.job_index)
+            delta = attack_update(self.attack, delta, noise)
         rng = stream(self.spec.seed, "encode", job.client, job.job_index)
         payload, state = self.algorithm.encode(delta, state, rng)
         return JobOutput(job.uid, payload, n, payload_bytes(payload), state, metrics)
