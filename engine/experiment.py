@@ -146,6 +146,7 @@ def run_experiment(
     executors: list[Any] | None = None,
     interrupt: Interrupt | None = None,
     resume_same_config: bool = False,
+    checkpoint_files: bool = True,
 ) -> tuple[dict[str, Any], Path | None]:
     """Run ``cfg``; write its results; return (result, out_dir).
 
@@ -163,6 +164,7 @@ def run_experiment(
     ``interrupted``) and writes its results. With ``write`` and ``checkpoint.every``, every
     checkpoint is also written to ``out_dir/checkpoints/`` as it is taken (``--resume``).
     ``resume_same_config``: refuse a checkpoint taken under any other configuration.
+    ``checkpoint_files``: False keeps checkpoints off the disk (a Tune trial: Tune stores them).
     """
     from engine.core import checkpoint
 
@@ -174,7 +176,7 @@ def run_experiment(
             raise ConfigError(f"cannot resume: {e}") from None
     run_id = uuid.uuid4().hex[:8]
     out_dir = default_out_dir(cfg, f"{time.strftime('%Y%m%d-%H%M%S')}-{run_id[:4]}")
-    checkpoints = out_dir if write and cfg.checkpoint.every else None
+    checkpoints = out_dir if write and checkpoint_files and cfg.checkpoint.every else None
     if cfg.executors.backend == "local":
         if placement is not None or executors is not None:
             raise ValueError("placement and executors are for executors.backend=ray")

@@ -13,11 +13,7 @@ The results folder (``out_dir``) gets ``trials.csv`` (one row per trial), ``best
 best trial's experiment, ready for ``python -m engine.run --config``), ``sweep.png`` and
 ``summary.json``; Tune's own folder, with each trial's run results under
 ``<trial>/run/``, is ``<out_dir>/trials`` or ``<tune.storage_path>/<out_dir name>``.
-
-Tracking (``track.*`` of the base experiment) goes through Ray Tune's own logger callbacks
-for the same tools (``tracking_callbacks``): one TensorBoard/MLflow/W&B run per trial, with
-the trial's sampled hyperparameters and every report. The trials' own runs track nothing
-(``untracked``), so nothing is logged twice.
+Tracking (``track.*``) goes through Tune's own callbacks (engine/report/tracking.py).
 """
 
 from __future__ import annotations
@@ -161,7 +157,12 @@ def trial(config: dict[str, Any], sweep: Sweep) -> None:
     reporter = Reporter(cfg, resumed_at=version, every_report=sweep.settings.scheduler == "pbt")
     warm = warm_executors(cfg, placement)
     result, _ = run_experiment(
-        cfg, on_evaluation=reporter.evaluation, placement=placement, resume=resume, executors=warm
+        cfg,
+        on_evaluation=reporter.evaluation,
+        placement=placement,
+        resume=resume,
+        executors=warm,
+        checkpoint_files=False,  # Tune keeps the trial's checkpoints (a retry reuses run/)
     )
     reporter.final(result["summary"])
 

@@ -1,4 +1,5 @@
-"""A small study end to end: grid, parallel runs, comparison table, plots."""
+"""A small study end to end, in-process: grid, comparison table, plots. (A study runs each
+experiment through run_experiment, on whichever backend its config names.)"""
 
 from __future__ import annotations
 
@@ -8,8 +9,6 @@ import pandas as pd
 import pytest
 
 from engine.study import main
-
-pytestmark = [pytest.mark.engine, pytest.mark.usefixtures("ray_local")]
 
 STUDY = """
 study:
@@ -26,6 +25,7 @@ clients: {num: 12}
 training: {local_steps: 5, batch_size: 10, lr: 0.1}
 stop: {max_sim_time: 6}
 eval: {every: 2}
+executors: {backend: local}
 """
 
 
