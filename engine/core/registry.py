@@ -75,6 +75,7 @@ class Registry(dict[str, T], Generic[T]):
 
     def __init__(self, kind: str, builtins: dict[str, T], check: Callable[[str, Any], T]) -> None:
         super().__init__(builtins)
+        self.builtins = dict(builtins)  # the names fedray ships, whatever plug-ins join later
         self.kind = kind  # "algorithm", "workload", ...
         self.check = check  # (name, object) -> the object, or PluginError saying what is missing
 

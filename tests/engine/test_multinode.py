@@ -13,10 +13,10 @@ from typing import Any
 import pandas as pd
 import pytest
 
+import fedray
 from engine.config import Config, load_config
 from engine.experiment import run_experiment
 from engine.runtime.connect import resolve_executors
-from engine.tune import main as tune_main
 from tests.conftest import tiny, workers_at_normal_priority
 
 pytestmark = [pytest.mark.engine]
@@ -105,8 +105,8 @@ def test_sweep_across_nodes(cluster: Any, tmp_path: Path) -> None:
         "space: {training.lr: {grid: [0.03, 0.1]}}\n"
     )
     out = tmp_path / "out"
-    assert tune_main(["--space", str(space), "--quiet", f"out_dir={out}"]) == 0
-    table = pd.read_csv(out / "trials.csv")
+    table, folder = fedray.sweep(space, out_dir=str(out))  # the Python API (engine/api.py)
+    assert folder == out and table.equals(pd.read_csv(out / "trials.csv"))
     assert table.status.tolist() == ["completed", "completed"] and set(table["training.lr"]) == {0.03, 0.1}
     assert load_config(out / "best.yaml").training.lr == table.iloc[0]["training.lr"]
 

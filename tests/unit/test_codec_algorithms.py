@@ -214,7 +214,7 @@ def test_list_shows_the_codec_keys_dotted() -> None:
         at = next(i for i, line in enumerate(lines) if line.split()[:1] == [name])
         assert keys in lines[at + 1]
     assert "CodecConfig(" not in text
-    assert {n for n, c in ALGORITHMS.items() if "codec" in c.Params.__dataclass_fields__} == {
+    assert {n for n, c in ALGORITHMS.builtins.items() if "codec" in c.Params.__dataclass_fields__} == {
         "fedavg",
         "fedprox",
         "fedavgm",
