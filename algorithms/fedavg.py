@@ -42,7 +42,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from algorithms import robust
+import algorithms.robust as robust
 from algorithms.aggregation import check_choice, release
 from algorithms.attacks import ColludingUpdate, collude
 from algorithms.base import Algorithm, Job, ServerJob, Task, Update, sample_clients

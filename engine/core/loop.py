@@ -5,14 +5,11 @@ dispatch sequence)``, whatever order the backend returns them in. A job's exact 
 time is known only once its upload size is (after it computed), but a lower bound --
 dispatch + download + compute + exchanges + latency -- is known at dispatch. The loop
 therefore awaits a result only when that job's lower bound is the earliest thing that can
-happen; every other in-flight job keeps computing on the backend meanwhile.
-
-Wall mode shares everything but the clock: executors pad jobs to their scaled durations
-with real sleeps and results are applied in arrival order.
-
-Everything the loop knows between two events is ``LoopState``; a checkpoint is that state
-at an instant boundary (engine/core/checkpoint.py). The loop reaches executors only
-through a ``Backend`` (engine/core/backend.py): the Ray pool, or the in-process backend.
+happen; every other in-flight job keeps computing on the backend meanwhile. (Wall-clock
+mode: engine/core/wall.py.) Everything the loop knows between two events is ``LoopState``;
+a checkpoint is that state at an instant boundary (engine/core/checkpoint.py). The loop
+reaches executors only through a ``Backend`` (engine/core/backend.py): the Ray pool, or
+the in-process backend.
 """
 
 from __future__ import annotations

@@ -33,6 +33,7 @@ import sys
 import time
 import urllib.parse
 import urllib.request
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import suppress
 from pathlib import Path
@@ -122,20 +123,20 @@ def wandb_dir(out_dir: str) -> Path:
 # ---- the trackers --------------------------------------------------------------------------
 
 
-class Tracker:
+class Tracker(ABC):
     """One tool's run: ``log`` each evaluation, ``finish`` with the summary, ``close``."""
 
     name = ""
 
-    def log(self, metrics: dict[str, float], step: int) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def log(self, metrics: dict[str, float], step: int) -> None: ...
 
-    def finish(self, summary: dict[str, Any]) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def finish(self, summary: dict[str, Any]) -> None: ...
 
+    @abstractmethod
     def close(self, status: str) -> None:
         """``status``: FINISHED, KILLED (interrupted) or FAILED."""
-        raise NotImplementedError
 
 
 class TensorBoardTracker(Tracker):
