@@ -40,7 +40,7 @@ def test_stacking_a_convolutional_model_is_refused_in_one_line() -> None:
 def test_killed_executor_loses_no_update(stack: int) -> None:
     import ray
 
-    heavy = ("stop.max_versions=24", "training.local_steps=30", "clients.num=16", f"executors.stack={stack}")
+    heavy = ("stop.max_versions=18", "training.local_steps=30", "clients.num=16", f"executors.stack={stack}")
     reference, _ = run(tiny(*heavy, "executors.backend=local"))  # the same numbers, sooner
     killed: list[str] = []
 

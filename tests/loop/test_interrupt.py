@@ -6,14 +6,17 @@ are taken, and ``--resume OUT_DIR`` ends exactly as the uninterrupted run."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
-from engine.experiment import run_experiment
+from engine.experiment import Interrupt, run_experiment
 from tests.conftest import TINY, tiny
 
 RUN = (*TINY, "executors.backend=local", "stop.max_versions=30", "eval.every=3", "checkpoint.every=3")
@@ -60,8 +63,14 @@ def interrupted(out: Path, sig: str, code: int) -> None:
     assert [p.name for p in out.parent.iterdir()] == [out.name]  # nothing half-written beside it
 
 
-def test_sigterm_stops_like_sigint_with_exit_status_143(tmp_path: Path) -> None:
-    interrupted(tmp_path / "run", "SIGTERM", 143)
+def test_sigint_and_sigterm_ask_to_stop_and_a_second_signal_aborts() -> None:
+    """In this process: each signal sets the request and the exit status (130, 143)."""
+    for sig, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
+        with Interrupt() as interrupt:
+            os.kill(os.getpid(), sig)
+            assert interrupt.event.is_set() and interrupt.exit_code == code
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), sig)
 
 
 def test_an_interrupted_run_resumes_from_disk_exactly(tmp_path: Path) -> None:
