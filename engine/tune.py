@@ -149,8 +149,7 @@ def trial(config: dict[str, Any], sweep: Sweep) -> None:
     from engine.experiment import run_experiment
     from engine.runtime.pool import Placement
 
-    # "run" is relative to the trial's working directory, which Tune syncs to storage.
-    cfg = sweep.trial_config(config, out_dir="run")
+    cfg = sweep.trial_config(config, out_dir="run")  # in the trial's folder, which Tune syncs
     group = ray.util.get_current_placement_group()
     placement = None if group is None else Placement(group, cfg.executors.num)
     resume, version = resume_point()
