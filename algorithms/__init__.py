@@ -7,11 +7,13 @@ from algorithms.base import Algorithm
 from algorithms.fedasync import FedAsync
 from algorithms.fedat import FedAT
 from algorithms.fedavg import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedYogi
+from algorithms.fedavg_m import FedAvgMomentum, ScaffoldMomentum
 from algorithms.fedbuff import FedBuff
 from algorithms.fedcompass import FedCompass
 from algorithms.fedfix import FedFix
 from algorithms.fedprox import FedProx
 from algorithms.pfl import PFL, VPFL
+from algorithms.scaffold import Scaffold
 from engine.core.registry import Registry, subclass_with_params
 
 # Built-ins by name; a config may also name a plug-in (engine/core/registry.py).
@@ -23,6 +25,7 @@ ALGORITHMS: Registry[type[Algorithm]] = Registry(
             *(FedAvg, FedProx, FedAsync, FedBuff),
             *(FedAvgM, FedAdam, FedYogi, FedAdagrad),
             *(FedFix, FedCompass, FedAT, PFL, VPFL),
+            *(Scaffold, FedAvgMomentum, ScaffoldMomentum),
         )
     },
     subclass_with_params(Algorithm, "algorithm"),
