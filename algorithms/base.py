@@ -222,6 +222,7 @@ class Algorithm(ABC, Generic[StateT]):
             lr=t.lr,
             momentum=t.momentum,
             weight_decay=t.weight_decay,
+            clip=t.clip,
         )
 
     # ---- server side -------------------------------------------------------------
@@ -278,11 +279,26 @@ class Algorithm(ABC, Generic[StateT]):
         client_state: Any,
         generator: torch.Generator,
     ) -> ClientResult:
-        """Train ``model`` in place from the global version it was loaded with."""
-        from engine.worker.training import local_sgd
+        """Train ``model`` in place from the global version it was loaded with.
 
-        loss = local_sgd(model, data, task, generator)
-        return ClientResult(client_state=client_state, metrics={"train_loss": loss})
+        With AutoClip of scope client (``task.clip``) the client state *is* the client's
+        history of gradient norms (a 1-D float64 array, None before its first job): the
+        job continues it and returns it longer. A codec's error-feedback residual is the
+        client state too (``encode``), so the two are refused together."""
+        from engine.worker.training import GradClip, local_sgd
+
+        if not task.clip.keeps_client_history:
+            loss = local_sgd(model, data, task, generator)
+            return ClientResult(client_state=client_state, metrics={"train_loss": loss})
+        codec = codecs.configured(self.params)
+        if codec is not None:
+            raise ValueError(
+                f"training.clip.scope=client keeps the AutoClip history as the client state, which "
+                f"{self.name}'s codec {codec.name} uses for its upload: set training.clip.scope=job"
+            )
+        clip = GradClip(task.clip, client_state)
+        loss = local_sgd(model, data, task, generator, clip)
+        return ClientResult(client_state=clip.state(), metrics={"train_loss": loss})
 
     # ---- what crosses the network -----------------------------------------------------
     # An algorithm whose Params have a ``codec`` (algorithms/codecs.py; FedAvg and its

@@ -5,7 +5,62 @@ the executor-side training code (engine/worker/training.py), so neither imports 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+CLIP_MODES = ("none", "fixed", "autoclip")
+CLIP_SCOPES = ("client", "job", "global")
+
+
+@dataclass(frozen=True)
+class Clipping:
+    """Gradient clipping of every local step (config section ``training.clip``).
+
+    ``fixed`` clips each step's gradient to ``max_norm`` exactly as
+    ``torch.nn.utils.clip_grad_norm_`` does. ``autoclip`` (Seetharaman et al. 2020) clips
+    it to the ``percentile``-th percentile (NumPy's linear interpolation) of the history of
+    gradient norms, the current step's included; ``percentile`` 100 is no clipping at all.
+    ``scope`` is whose history that is: the client's, kept across its jobs as its client
+    state (``client``), or the job's own, empty at its start (``job``). ``window`` > 0
+    keeps only the last ``window`` norms (10000 in the reference's TensorFlow version); 0
+    keeps them all (its PyTorch version). engine/worker/training.py ``GradClip`` applies it.
+    """
+
+    mode: str = "none"
+    max_norm: float = 0.0  # mode fixed
+    percentile: float = 10.0  # mode autoclip: 0 clips to the smallest norm seen, 100 is off
+    scope: str = "client"  # mode autoclip: client | job (global is not wired: see the check below)
+    window: int = 0  # mode autoclip: norms kept; 0 keeps all
+
+    def __post_init__(self) -> None:
+        if self.mode not in CLIP_MODES:
+            raise ValueError(f"mode must be one of {', '.join(CLIP_MODES)} (got {self.mode!r})")
+        if self.scope not in CLIP_SCOPES:
+            raise ValueError(f"scope must be one of {', '.join(CLIP_SCOPES)} (got {self.scope!r})")
+        if self.mode == "fixed" and not (math.isfinite(self.max_norm) and self.max_norm > 0):
+            raise ValueError(f"max_norm must be a finite number > 0 with mode fixed (got {self.max_norm})")
+        if not 0 <= self.percentile <= 100:  # NaN fails too
+            raise ValueError(f"percentile must be in [0, 100] (got {self.percentile})")
+        if self.window < 0:
+            raise ValueError(f"window must be >= 0, 0 keeping every norm (got {self.window})")
+        if self.mode == "autoclip" and self.scope == "global":
+            # A history shared by all clients is the server's: it would travel with every
+            # job and the norms each job produced would be merged back in virtual-time
+            # order, which the engine does not do (yet). A per-process history would depend
+            # on which executor ran what, so it is refused rather than faked.
+            raise ValueError(
+                "scope global needs a history kept by the server and sent with each job, "
+                "which fedray does not do yet: use scope client or job"
+            )
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any step can be clipped (AutoClip at the 100th percentile never clips)."""
+        return self.mode == "fixed" or (self.mode == "autoclip" and self.percentile < 100)
+
+    @property
+    def keeps_client_history(self) -> bool:
+        """Whether the AutoClip history is the client's state, kept across its jobs."""
+        return self.enabled and self.mode == "autoclip" and self.scope == "client"
 
 
 @dataclass(frozen=True)
@@ -27,6 +82,7 @@ class LocalTraining:
     lr: float = 0.05
     momentum: float = 0.0
     weight_decay: float = 0.0
+    clip: Clipping = field(default_factory=Clipping)  # gradient clipping of each local step
 
     def __post_init__(self) -> None:
         if self.batch_size < 0:
@@ -58,6 +114,7 @@ class Task:
     momentum: float = 0.0
     weight_decay: float = 0.0
     prox_mu: float = 0.0  # FedProx proximal term; 0 is plain local SGD
+    clip: Clipping = field(default_factory=Clipping)  # gradient clipping (LocalTraining.clip)
 
     def samples(self, shard_size: int) -> int:
         """Examples processed by the job: drives its virtual compute time. An epoch is

@@ -245,6 +245,29 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
     raise ConfigError(f"{path} must be {tp.__name__} (got {value!r}, a {type(value).__name__})")
 
 
+def _training_checks(cfg: Config, algorithm: type[Algorithm]) -> None:
+    """What local training an algorithm with its own client update cannot honour."""
+    name, clip = cfg.algorithm.name, cfg.training.clip
+    own_update = algorithm.client_update is not Algorithm.client_update
+    if cfg.training.momentum and own_update:
+        raise ConfigError(
+            f"{name} runs its own local steps without heavy-ball momentum: set training.momentum=0"
+        )
+    if clip.enabled and own_update:
+        raise ConfigError(f"{name} runs its own local steps, without clipping: set training.clip.mode=none")
+    if clip.keeps_client_history and cfg.executors.stack > 1:
+        raise ConfigError(
+            "training.clip.scope=client keeps each client's AutoClip history, which stacked training "
+            "does not: set training.clip.scope=job or executors.stack=1"
+        )
+    codec = getattr(cfg.algorithm.params, "codec", None)
+    if clip.keeps_client_history and codec is not None and getattr(codec, "name", "none") != "none":
+        raise ConfigError(
+            "training.clip.scope=client keeps the AutoClip history as the client state, which "
+            f"algorithm.codec={codec.name} holds there too (its residual): set training.clip.scope=job"
+        )
+
+
 def _cross_checks(cfg: Config) -> None:
     n = cfg.clients.num
     params = cfg.algorithm.params
@@ -265,6 +288,7 @@ def _cross_checks(cfg: Config) -> None:
             f"executors.stack trains plain local SGD together; {cfg.algorithm.name} has its own "
             "client update: set executors.stack=1"
         )
+    _training_checks(cfg, algorithm)
     from algorithms.robust import AggregatorConfig, check_feasible
 
     aggregator = getattr(params, "aggregator", None)

@@ -25,13 +25,14 @@ caller seeds per stack; they too depend only on the slot and the (fixed) shapes.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 from torch.func import functional_call, vmap
 
 from algorithms.task import Task
-from engine.worker.training import ClientData, batch_indices
+from engine.worker.training import ClientData, GradClip, batch_indices
 
 STACKABLE = (
     torch.nn.Linear,
@@ -60,14 +61,18 @@ def stacked_sgd(
     slots: Sequence[tuple[ClientData, torch.Generator] | None],
     task: Task,
     width: int,
+    clips: Sequence[GradClip | None] | None = None,
 ) -> tuple[dict[str, torch.Tensor], list[float]]:
     """Run ``task`` for every occupied slot from the parameters ``model`` holds now, with
     every minibatch padded to ``width`` examples (at least the largest minibatch).
 
     Returns each trainable parameter stacked over the slots (``(len(slots), *shape)``)
     after training, and each slot's mean training loss (nan for an empty slot). The
-    SGD step is ``torch.optim.SGD``'s: weight decay and FedProx's pull added to the
-    gradient, then momentum, then ``p -= lr * d``.
+    SGD step is ``local_sgd``'s: FedProx's pull added to the gradient, the sum clipped
+    (``task.clip``, each slot by its own norm), then ``torch.optim.SGD``'s weight decay,
+    momentum and ``p -= lr * d``. ``clips`` (one per slot, None for an empty one) carry
+    AutoClip histories from the clients' earlier jobs; by default each slot's starts
+    empty (scope job), and scope client without them is refused.
     """
     size = len(slots)
     occupied = [s for s in slots if s is not None]
@@ -80,6 +85,16 @@ def stacked_sgd(
     params = {n: p.unsqueeze(0).repeat(size, *([1] * p.dim())) for n, p in trainable.items()}
     anchor = {n: p.clone() for n, p in params.items()} if task.prox_mu > 0 else {}
     velocity: dict[str, torch.Tensor] = {}
+    clipping = task.clip.enabled
+    if clips is None:
+        if task.clip.keeps_client_history:
+            raise ValueError(
+                "stacked training keeps no client state: AutoClip with scope client needs each "
+                "slot's history (clips), or training.clip.scope=job"
+            )
+        clips = [None if s is None or not clipping else GradClip(task.clip) for s in slots]
+    elif len(clips) != size:
+        raise ValueError(f"clips must have one entry per slot ({size}, got {len(clips)})")
     losses_fn = ref.losses_fn or _cross_entropy_per_example
     # vmap over the forward pass only; autograd then gives each slot the gradient of its
     # own loss (the slots' losses are summed, and no slot's loss depends on another's
@@ -96,12 +111,17 @@ def stacked_sgd(
         grads = torch.autograd.grad(losses.sum(), list(leaves.values()))
         with torch.no_grad():
             totals += losses
-            for (n, p), g in zip(leaves.items(), grads, strict=True):
-                d = g
+            steps = list(grads)
+            if task.prox_mu > 0:
+                pulls = (leaves[n] - anchor[n] for n in leaves)
+                steps = [g + task.prox_mu * pull for g, pull in zip(steps, pulls, strict=True)]
+            if clipping:
+                # Each slot's own step (its loss's gradient plus FedProx's pull) clipped by
+                # its own norm, before weight decay and momentum, as in ``local_sgd``.
+                steps = _clip_slots(steps, clips)
+            for (n, p), d in zip(leaves.items(), steps, strict=True):
                 if task.weight_decay:
                     d = d + task.weight_decay * p
-                if task.prox_mu > 0:
-                    d = d + task.prox_mu * (p - anchor[n])
                 if task.momentum:
                     velocity[n] = d if n not in velocity else task.momentum * velocity[n] + d
                     d = velocity[n]
@@ -164,6 +184,26 @@ class _Batches:
             ys.append(torch.cat([y, y.new_zeros(pad)]))
             ws.append(torch.cat([torch.ones(len(idx)), torch.zeros(pad)]).to(ref.x.device))
         return torch.stack(xs), torch.stack(ys), torch.stack(ws)
+
+
+def _clip_slots(steps: list[torch.Tensor], clips: Sequence[GradClip | None]) -> list[torch.Tensor]:
+    """``steps`` (each ``(slots, *shape)``) with every slot's rows scaled as
+    ``clip_grad_norm_`` scales one job's gradients: by ``min(1, threshold / (norm + 1e-6))``,
+    its norm the L2 norm over all of its rows (torch's: the norm of the per-tensor norms).
+    An empty slot (``None``: zero gradients) is left as it is."""
+    size = steps[0].shape[0]
+    norms = torch.linalg.vector_norm(
+        torch.stack([torch.linalg.vector_norm(g.reshape(size, -1), dim=1) for g in steps]), dim=0
+    )
+    host = norms.tolist() if any(c is not None and c.clip.mode == "autoclip" for c in clips) else None
+    limits = [
+        math.inf if c is None else c.threshold(host[i] if host is not None else 0.0)
+        for i, c in enumerate(clips)
+    ]
+    # torch's coefficient: ``max_norm / (norm + 1e-6)``, i.e. the reciprocal times max_norm
+    limit = torch.tensor(limits, dtype=norms.dtype, device=norms.device)
+    coef = torch.clamp((norms + 1e-6).reciprocal() * limit, max=1.0)
+    return [g * coef.view(size, *([1] * (g.dim() - 1))) for g in steps]
 
 
 def _cross_entropy_per_example(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -184,3 +184,24 @@ def test_a_foreign_or_mismatched_checkpoint_is_refused() -> None:
     other = load_config(None, ["training.lr=0.5"])
     with pytest.raises(ValueError, match=r"another configuration \(training differ\)"):
         checkpoint.load(serial.dumps(same), other, same_config=True)
+
+
+def test_local_training_an_algorithm_cannot_honour_is_refused_at_config_time() -> None:
+    assert "training.momentum=0" in error_of("algorithm.name=scaffold", "training.momentum=0.9")
+    assert "training.clip.mode=none" in error_of("algorithm.name=scaffold", "training.clip.mode=autoclip")
+    stacked = error_of("algorithm.name=fedavg", "training.clip.mode=autoclip", "executors.stack=4")
+    assert "training.clip.scope=job" in stacked
+    coded = error_of("algorithm.name=fedavg", "training.clip.mode=autoclip", "algorithm.codec.name=topk")
+    assert "training.clip.scope=job" in coded and "topk" in coded
+    assert "scope client or job" in error_of("training.clip.mode=autoclip", "training.clip.scope=global")
+    # what each refusal suggests is accepted
+    load_config(
+        None,
+        [
+            "algorithm.name=fedavg",
+            "training.clip.mode=autoclip",
+            "executors.stack=4",
+            "training.clip.scope=job",
+            "algorithm.codec.name=topk",
+        ],
+    )
