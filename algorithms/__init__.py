@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from algorithms.base import Algorithm
+from algorithms.cmfl import CMFL
 from algorithms.fedasync import FedAsync
 from algorithms.fedat import FedAT
 from algorithms.fedavg import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedYogi
@@ -22,7 +23,7 @@ ALGORITHMS: Registry[type[Algorithm]] = Registry(
     {
         cls.name: cls
         for cls in (
-            *(FedAvg, FedProx, FedAsync, FedBuff),
+            *(FedAvg, FedProx, FedAsync, FedBuff, CMFL),
             *(FedAvgM, FedAdam, FedYogi, FedAdagrad),
             *(FedFix, FedCompass, FedAT, PFL, VPFL),
             *(Scaffold, FedAvgMomentum, ScaffoldMomentum),

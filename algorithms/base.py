@@ -150,6 +150,21 @@ class ClientResult:
 
     client_state: Any
     metrics: dict[str, float]
+    # False: the client declines to upload (CMFL's irrelevant update); the job then sends
+    # ``SKIPPED_UPLOAD``, no bytes, and the algorithm's ``decode``/``on_update`` see it.
+    upload: bool = True
+
+
+SKIPPED_UPLOAD_KEY = "skipped"
+
+
+def skipped_upload() -> Payload:
+    """The upload of a job whose client declined to send its update: no bytes."""
+    return {SKIPPED_UPLOAD_KEY: np.zeros(0, dtype=np.uint8)}
+
+
+def is_skipped(payload: Payload) -> bool:
+    return SKIPPED_UPLOAD_KEY in payload
 
 
 class AlgorithmState(Protocol):

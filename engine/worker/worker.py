@@ -14,7 +14,7 @@ import numpy as np
 
 from algorithms import ALGORITHMS
 from algorithms.attacks import EXECUTOR_ATTACKS, ByzantineConfig, attack_update, attacked_set, flip_labels
-from algorithms.base import payload_bytes
+from algorithms.base import payload_bytes, skipped_upload
 from algorithms.task import LocalTraining
 from engine.core.backend import FINETUNE, JobOutput, JobSpec
 from engine.core.rng import int_seed, stream
@@ -196,6 +196,8 @@ class Worker:
         torch.manual_seed(int_seed(self.spec.seed, "train_global", job.client, job.job_index))
         result = self.algorithm.client_update(self.model, data, job.task, job.client_state, generator)
         end = self.layout.flatten(self.model)
+        if not result.upload:  # the client keeps its update to itself (algorithms/cmfl.py)
+            return JobOutput(job.uid, skipped_upload(), len(data), 0, result.client_state, result.metrics)
         delta = np.subtract(start, end, dtype=np.float32)
         return self._output(job, delta, len(data), result.client_state, result.metrics)
 

@@ -89,6 +89,8 @@ ACROSS = {
     "fedavg:stacked": ("algorithm.name=fedavg", "algorithm.clients_per_round=6", "executors.stack=4"),
     "pfl": ("algorithm.max_lost=2", "server.seconds_per_aggregation=0.05", "server.steps=2"),
     "fedcompass": ("algorithm.q_max=10", "algorithm.q_min=2"),
+    # skipped uploads, and an AutoClip history kept per client across jobs and executors
+    "cmfl:autoclip": ("algorithm.threshold=0.55", "training.clip.mode=autoclip"),
 }
 
 
