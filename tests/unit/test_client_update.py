@@ -3,6 +3,8 @@ centralised gradient descent; FedProx's proximal term; minibatch epochs."""
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -143,3 +145,24 @@ def test_batch_sizes_validated() -> None:
         LocalTraining(batch_sizes=(8, -1))
     with pytest.raises(ValueError, match=r"batch_size must be >= 0"):
         LocalTraining(batch_size=-2)
+
+
+@pytest.mark.parametrize(("momentum", "weight_decay"), [(0.0, 0.0), (0.9, 0.0), (0.9, 0.01), (0.0, 0.05)])
+def test_sgd_step_is_torch_sgd_bit_for_bit(momentum: float, weight_decay: float) -> None:
+    from engine.worker.training import sgd_step
+
+    torch.manual_seed(0)
+    ours = torch.nn.Sequential(torch.nn.Linear(7, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3))
+    theirs = copy.deepcopy(ours)
+    task = Task(steps=6, batch_size=5, lr=0.1, momentum=momentum, weight_decay=weight_decay)
+    opt = torch.optim.SGD(theirs.parameters(), lr=0.1, momentum=momentum, weight_decay=weight_decay)
+    velocity: list[torch.Tensor | None] = [None] * 4
+    x, y = torch.randn(20, 7), torch.randint(0, 3, (20,))
+    for step in range(6):
+        for model in (ours, theirs):
+            model.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(model(x[step : step + 5]), y[step : step + 5]).backward()
+        sgd_step(list(ours.parameters()), velocity, task)
+        opt.step()
+    for a, b in zip(ours.parameters(), theirs.parameters(), strict=True):
+        assert torch.equal(a, b)

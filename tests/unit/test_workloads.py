@@ -77,6 +77,15 @@ def test_synthetic_size_cap() -> None:
     assert len(ds.y_test) + len(ds.y_train) <= 30 * 60
 
 
+def test_synthetic_equal_sizes() -> None:
+    ds = Synthetic(SyntheticParams(samples_per_client=640)).load(10, seed=0)
+    assert ds.natural_partition is not None
+    assert [len(p) for p in ds.natural_partition] == [512] * 10  # 640 less the 20% test split
+    assert len(ds.y_test) == 10 * 128
+    with pytest.raises(ValueError, match="samples_per_client must be 0"):
+        SyntheticParams(samples_per_client=1)
+
+
 def test_synthetic_deterministic_per_client_regardless_of_num_clients() -> None:
     w = Synthetic()
     a, b, bigger = w.load(5, seed=7), w.load(5, seed=7), w.load(12, seed=7)
