@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 import numpy as np
 
 import algorithms.codecs as codecs
-from algorithms.task import LocalTraining, Task
+from algorithms.task import CLIP_NORMS_KEY, LocalTraining, Task
 
 if TYPE_CHECKING:
     import torch
@@ -153,6 +153,9 @@ class ClientResult:
     # False: the client declines to upload (CMFL's irrelevant update); the job then sends
     # ``SKIPPED_UPLOAD``, no bytes, and the algorithm's ``decode``/``on_update`` see it.
     upload: bool = True
+    # Arrays uploaded beside the update, for the engine rather than the algorithm (AutoClip's
+    # norms with scope global: engine/core/clip_history.py); charged on the upload.
+    extra: Payload = field(default_factory=dict)
 
 
 SKIPPED_UPLOAD_KEY = "skipped"
@@ -302,6 +305,11 @@ class Algorithm(ABC, Generic[StateT]):
         client state too (``encode``), so the two are refused together."""
         from engine.worker.training import GradClip, local_sgd
 
+        if task.clip.shares_history:  # the server's history, sent with the task
+            clip = GradClip(task.clip, task.clip_history)
+            loss = local_sgd(model, data, task, generator, clip)
+            norms = {CLIP_NORMS_KEY: np.asarray(clip.fresh, dtype=np.float64)}
+            return ClientResult(client_state=client_state, metrics={"train_loss": loss}, extra=norms)
         if not task.clip.keeps_client_history:
             loss = local_sgd(model, data, task, generator)
             return ClientResult(client_state=client_state, metrics={"train_loss": loss})

@@ -7,7 +7,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
+
 CLIP_MODES = ("none", "fixed", "autoclip")
+CLIP_NORMS_KEY = "clip_norms"  # a job's side upload with scope global: its steps' gradient norms
 CLIP_SCOPES = ("client", "job", "global")
 
 
@@ -20,7 +23,8 @@ class Clipping:
     it to the ``percentile``-th percentile (NumPy's linear interpolation) of the history of
     gradient norms, the current step's included; ``percentile`` 100 is no clipping at all.
     ``scope`` is whose history that is: the client's, kept across its jobs as its client
-    state (``client``), or the job's own, empty at its start (``job``). ``window`` > 0
+    state (``client``), the job's own, empty at its start (``job``), or one history of all
+    clients kept by the server (``global``: engine/core/clip_history.py). ``window`` > 0
     keeps only the last ``window`` norms (10000 in the reference's TensorFlow version); 0
     keeps them all (its PyTorch version). engine/worker/training.py ``GradClip`` applies it.
     """
@@ -28,7 +32,7 @@ class Clipping:
     mode: str = "none"
     max_norm: float = 0.0  # mode fixed
     percentile: float = 10.0  # mode autoclip: 0 clips to the smallest norm seen, 100 is off
-    scope: str = "client"  # mode autoclip: client | job (global is not wired: see the check below)
+    scope: str = "client"  # mode autoclip: client | job | global (engine/core/clip_history.py)
     window: int = 0  # mode autoclip: norms kept; 0 keeps all
 
     def __post_init__(self) -> None:
@@ -42,20 +46,16 @@ class Clipping:
             raise ValueError(f"percentile must be in [0, 100] (got {self.percentile})")
         if self.window < 0:
             raise ValueError(f"window must be >= 0, 0 keeping every norm (got {self.window})")
-        if self.mode == "autoclip" and self.scope == "global":
-            # A history shared by all clients is the server's: it would travel with every
-            # job and the norms each job produced would be merged back in virtual-time
-            # order, which the engine does not do (yet). A per-process history would depend
-            # on which executor ran what, so it is refused rather than faked.
-            raise ValueError(
-                "scope global needs a history kept by the server and sent with each job, "
-                "which fedray does not do yet: use scope client or job"
-            )
 
     @property
     def enabled(self) -> bool:
         """Whether any step can be clipped (AutoClip at the 100th percentile never clips)."""
         return self.mode == "fixed" or (self.mode == "autoclip" and self.percentile < 100)
+
+    @property
+    def shares_history(self) -> bool:
+        """Whether the AutoClip history is the server's, shared by all clients."""
+        return self.enabled and self.mode == "autoclip" and self.scope == "global"
 
     @property
     def keeps_client_history(self) -> bool:
@@ -115,6 +115,8 @@ class Task:
     weight_decay: float = 0.0
     prox_mu: float = 0.0  # FedProx proximal term; 0 is plain local SGD
     clip: Clipping = field(default_factory=Clipping)  # gradient clipping (LocalTraining.clip)
+    # the server's AutoClip history at dispatch (scope global), not part of the task's identity
+    clip_history: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     def samples(self, shard_size: int) -> int:
         """Examples processed by the job: drives its virtual compute time. An epoch is

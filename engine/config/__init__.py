@@ -255,10 +255,10 @@ def _training_checks(cfg: Config, algorithm: type[Algorithm]) -> None:
         )
     if clip.enabled and own_update:
         raise ConfigError(f"{name} runs its own local steps, without clipping: set training.clip.mode=none")
-    if clip.keeps_client_history and cfg.executors.stack > 1:
+    if (clip.keeps_client_history or clip.shares_history) and cfg.executors.stack > 1:
         raise ConfigError(
-            "training.clip.scope=client keeps each client's AutoClip history, which stacked training "
-            "does not: set training.clip.scope=job or executors.stack=1"
+            f"training.clip.scope={clip.scope} carries an AutoClip history into each job, which stacked "
+            "training does not: set training.clip.scope=job or executors.stack=1"
         )
     codec = getattr(cfg.algorithm.params, "codec", None)
     if clip.keeps_client_history and codec is not None and getattr(codec, "name", "none") != "none":

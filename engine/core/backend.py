@@ -10,7 +10,7 @@ spec and start model, never on which backend or executor ran it, so both give id
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -54,6 +54,7 @@ class JobOutput:
     bytes_up: int  # the payload's real size
     client_state: Any
     metrics: dict[str, float]
+    extra: Payload = field(default_factory=dict)  # uploaded beside the update (ClientResult.extra)
 
 
 OnOutputs = Callable[[list[JobOutput]], None]

@@ -49,7 +49,7 @@ class Simulation(Protocol):
     def evaluate(self, version: int) -> None: ...
 
 
-FORMAT = 4  # 4: data only (engine/core/serial.py), with the fedray version and config
+FORMAT = 5  # 4: data only (engine/core/serial.py), with the fedray version and config; 5: clip_history
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,7 @@ class Checkpoint:
     server: ServerQueue
     server_work: tuple[ServerWork, ...]  # fine-tuning results are computed again on resume
     server_seq: int
+    clip_history: np.ndarray  # AutoClip's global history (engine/core/clip_history.py)
 
     @property
     def version(self) -> int:
@@ -113,6 +114,7 @@ def snapshot(sim: Simulation) -> bytes:
         server=dataclasses.replace(s.server, free_at=list(s.server.free_at)),
         server_work=work,
         server_seq=s.server_seq,
+        clip_history=s.clip_history,
     )
     return serial.dumps(ckpt)
 
@@ -199,6 +201,7 @@ def restore(sim: Simulation, ckpt: Checkpoint) -> None:
     s.recorder = rec
     s.server = dataclasses.replace(ckpt.server, free_at=list(ckpt.server.free_at))
     s.server_seq = ckpt.server_seq
+    s.clip_history = ckpt.clip_history
     s.versions.set_current(s.algorithm.version, s.algorithm.model)
     for v, params in ckpt.params.items():
         s.versions.add(v, params)

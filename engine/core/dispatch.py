@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import engine.core.clip_history as clip_history
 from algorithms.base import Job, ServerJob
 from engine.core.backend import JobSpec
 from engine.core.delays import DelayModel
@@ -25,7 +26,8 @@ def in_flight(s: LoopState, delays: DelayModel, shard_size: int, model_bytes: in
     k = int(s.job_counter[c])
     s.job_counter[c] += 1
     cost = job.cost
-    down_bytes = model_bytes if cost.bytes_down is None else cost.bytes_down
+    task, history_bytes = clip_history.attach(job.task, s.clip_history)
+    down_bytes = (model_bytes if cost.bytes_down is None else cost.bytes_down) + history_bytes
     down = delays.download_time(c, down_bytes)
     compute = delays.compute_time(c, k, job.task.samples(shard_size))
     if cost.compute_fraction != 1.0:
@@ -40,7 +42,7 @@ def in_flight(s: LoopState, delays: DelayModel, shard_size: int, model_bytes: in
         seq=s.ready.next_seq(),
         client=c,
         job_index=k,
-        task=job.task,
+        task=task,
         version=s.algorithm.version,
         dispatch_time=s.now,
         download=down,

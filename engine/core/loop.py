@@ -25,7 +25,7 @@ import numpy as np
 
 from algorithms import ALGORITHMS
 from algorithms.base import Algorithm, Update
-from engine.core import checkpoint, dispatch
+from engine.core import checkpoint, clip_history, dispatch
 from engine.core.backend import FINETUNE, Backend, JobOutput, JobSpec, LoadState, OnOutputs
 from engine.core.clock import Priority
 from engine.core.delays import DelayModel
@@ -163,8 +163,7 @@ class Simulation:
         return True
 
     async def _idle_until_available(self) -> bool:
-        """Nothing is running: move on to the next availability change, if any (in wall
-        mode by sleeping until then)."""
+        """Nothing runs: go on to the next availability change, if any (wall mode sleeps)."""
         s = self.s
         t = self.delays.next_change(s.now)
         if s.jobs or s.server_work or t == math.inf:
@@ -339,6 +338,7 @@ class Simulation:
             else:
                 if f.staged:
                     s.client_states.commit(f.seq, f.client)
+                s.clip_history = clip_history.merge(s.clip_history, out.extra, self.cfg.training.clip)
                 base = s.versions.params(f.version)
                 update = Update(f.client, delta, out.num_samples, f.version, base, out.payload)
                 byz, seed = self.cfg.clients.byzantine, self.cfg.seed

@@ -33,6 +33,7 @@ class LoopState:
     now: float = 0.0
     dispatch_calls: int = 0
     stop_reason: str = ""
+    clip_history: np.ndarray = field(default_factory=lambda: np.zeros(0))  # AutoClip, scope global
 
     @staticmethod
     def fresh(

@@ -70,6 +70,7 @@ class GradClip:
     def __init__(self, clip: Clipping, history: Any = None) -> None:
         self.clip = clip
         self.history: list[float] = [] if history is None else _history_of(history)
+        self.fresh: list[float] = []  # this job's own norms, in step order (scope global)
 
     def threshold(self, norm: float) -> float:
         """The step's threshold, after recording its gradient norm ``norm`` (AutoClip)."""
@@ -77,6 +78,7 @@ class GradClip:
         if clip.mode == "fixed":
             return clip.max_norm
         self.history.append(norm)
+        self.fresh.append(norm)
         if clip.window and len(self.history) > clip.window:
             del self.history[: len(self.history) - clip.window]
         return float(np.percentile(self.history, clip.percentile))

@@ -7,7 +7,7 @@ result depends only on its spec and start model, never on where it ran.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -199,7 +199,10 @@ class Worker:
         if not result.upload:  # the client keeps its update to itself (algorithms/cmfl.py)
             return JobOutput(job.uid, skipped_upload(), len(data), 0, result.client_state, result.metrics)
         delta = np.subtract(start, end, dtype=np.float32)
-        return self._output(job, delta, len(data), result.client_state, result.metrics)
+        out = self._output(job, delta, len(data), result.client_state, result.metrics)
+        if not result.extra:
+            return out
+        return replace(out, bytes_up=out.bytes_up + payload_bytes(result.extra), extra=result.extra)
 
     def _finetune(self, job: JobSpec, start: np.ndarray) -> JobOutput:
         """Server fine-tuning of an aggregate; ``job.job_index`` is the version it becomes."""

@@ -52,3 +52,35 @@ def test_autoclip_is_deterministic_clips_and_keeps_each_clients_history(tmp_path
         history = np.load(folder / f"{client}.npy", allow_pickle=False)
         assert history.dtype == np.float64 and history.shape == (jobs * cfg.training.local_steps,)
         assert (history > 0).all() and np.isfinite(history).all()
+
+
+def test_global_history_is_the_servers_and_travels_with_the_jobs() -> None:
+    """Scope global: one history on the server, copied into each job at dispatch (8 bytes
+    a norm down) and grown by each applied job's norms (8 bytes a step up)."""
+    cfg = tiny(*AUTOCLIP, "training.clip.scope=global")
+    shared = run(cfg)
+    same_run(shared, run(cfg))
+    assert np.abs(shared["model"] - run(tiny(*AUTOCLIP))["model"]).max() > 1e-4  # not the client scope
+    steps, model_bytes = cfg.training.local_steps, shared["model"].nbytes
+    events = rows(shared)
+    assert events and not any(e["dropped"] for e in events)
+    assert {e["bytes_up"] for e in events} == {model_bytes + 8 * steps}
+    for e in events:  # the norms of every job applied by the end of its dispatch instant
+        before = sum(1 for o in events if o["finish_time"] <= e["dispatch_time"])
+        assert e["bytes_down"] == model_bytes + 8 * steps * before
+
+    windowed = rows(run(tiny(*AUTOCLIP, "training.clip.scope=global", "training.clip.window=7")))
+    assert max(e["bytes_down"] for e in windowed) == model_bytes + 8 * 7
+
+
+def test_global_history_resumes_from_a_checkpoint_identically() -> None:
+    from engine.experiment import run_experiment
+
+    cfg = tiny(
+        *AUTOCLIP, "training.clip.scope=global", "stop.max_versions=8", "eval.every=4", "checkpoint.every=4"
+    )
+    seen: list[dict[str, Any]] = []
+    one, _ = run_experiment(cfg, write=False, on_evaluation=seen.append)
+    assert seen[1]["checkpoint"] is not None
+    two, _ = run_experiment(cfg, write=False, resume=seen[1]["checkpoint"])
+    same_run(one, two)

@@ -251,10 +251,9 @@ def test_clip_config_defaults_and_one_line_errors() -> None:
     for override, message in cases.items():
         with pytest.raises(ConfigError, match=message):
             load_config(None, [override])
-    with pytest.raises(
-        ConfigError, match=r"^training\.clip\.scope global needs a history kept by the server"
-    ):
-        load_config(None, ["training.clip.mode=autoclip", "training.clip.scope=global"])
+    assert load_config(
+        None, ["training.clip.mode=autoclip", "training.clip.scope=global"]
+    ).training.clip.shares_history
     with pytest.raises(ValueError, match=r"max_norm must be a finite number"):
         Clipping(mode="fixed", max_norm=math.inf)
 

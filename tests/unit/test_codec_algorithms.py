@@ -223,4 +223,5 @@ def test_list_shows_the_codec_keys_dotted() -> None:
         "fedadagrad",
         "fedbuff",
         "fedasync",
+        "cmfl",  # FedAvg's params: an upload that is not skipped is encoded like FedAvg's
     }

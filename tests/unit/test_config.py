@@ -6,6 +6,7 @@ import dataclasses
 import pickle
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -172,6 +173,7 @@ def test_a_foreign_or_mismatched_checkpoint_is_refused() -> None:
         server=ServerQueue(),
         server_work=(),
         server_seq=0,
+        clip_history=np.zeros(0),
     )
     ckpt = checkpoint.Checkpoint(**fields)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="resume under the same three"):
@@ -193,7 +195,8 @@ def test_local_training_an_algorithm_cannot_honour_is_refused_at_config_time() -
     assert "training.clip.scope=job" in stacked
     coded = error_of("algorithm.name=fedavg", "training.clip.mode=autoclip", "algorithm.codec.name=topk")
     assert "training.clip.scope=job" in coded and "topk" in coded
-    assert "scope client or job" in error_of("training.clip.mode=autoclip", "training.clip.scope=global")
+    shared = ("training.clip.mode=autoclip", "training.clip.scope=global")
+    assert "training.clip.scope=job or executors.stack=1" in error_of(*shared, "executors.stack=2")
     # what each refusal suggests is accepted
     load_config(
         None,
