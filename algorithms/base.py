@@ -202,6 +202,9 @@ class Algorithm(ABC, Generic[StateT]):
     # Whether the algorithm models the server's own time (ServerCost) and runs the
     # server fine-tuning; the engine refuses a server cost for the others instead of ignoring it.
     models_server_time: ClassVar[bool] = False
+    # Whether an overridden ``client_update`` still trains through this class's (local SGD
+    # with the task's momentum, weight decay and clipping), so every training option holds.
+    default_local_training: ClassVar[bool] = False
 
     def __init__(
         self,

@@ -98,6 +98,7 @@ class CMFL(FedAvg):
     name: ClassVar[str] = "cmfl"
     Params: ClassVar[type] = CMFLParams
     colludes: ClassVar[bool] = False
+    default_local_training: ClassVar[bool] = True  # it tests the update super() trained
     params: CMFLParams
 
     def init(self, model: np.ndarray) -> CMFLState:

@@ -248,7 +248,11 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
 def _training_checks(cfg: Config, algorithm: type[Algorithm]) -> None:
     """What local training an algorithm with its own client update cannot honour."""
     name, clip = cfg.algorithm.name, cfg.training.clip
-    own_update = algorithm.client_update is not Algorithm.client_update
+    # An algorithm with its own client update that still trains through the default one
+    # (CMFL tests the update afterwards) honours every training option.
+    own_update = (
+        algorithm.client_update is not Algorithm.client_update and not algorithm.default_local_training
+    )
     if cfg.training.momentum and own_update:
         raise ConfigError(
             f"{name} runs its own local steps without heavy-ball momentum: set training.momentum=0"

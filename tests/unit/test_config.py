@@ -208,3 +208,8 @@ def test_local_training_an_algorithm_cannot_honour_is_refused_at_config_time() -
             "algorithm.codec.name=topk",
         ],
     )
+
+
+def test_an_algorithm_that_trains_through_the_default_update_takes_every_training_option() -> None:
+    cfg = load_config(None, ["algorithm.name=cmfl", "training.clip.mode=autoclip", "training.momentum=0.9"])
+    assert cfg.training.clip.enabled and cfg.training.momentum == 0.9
