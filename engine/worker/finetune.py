@@ -41,11 +41,11 @@ class FineTuner:
         self.seed = seed
 
     def __call__(self, model: np.ndarray, task: Task, version: int) -> np.ndarray:
-        from engine.worker.training import local_sgd
+        from engine.worker.training import local_sgd, seed_global
 
         self.layout.load(self.model, model)
         # Keyed like every other draw, so the result depends on nothing but the version.
-        self.torch.manual_seed(int_seed(self.seed, "server_step_global", version))
+        seed_global(int_seed(self.seed, "server_step_global", version), self.torch.device("cpu"))
         generator = self.torch.Generator().manual_seed(int_seed(self.seed, "server_step", version))
         local_sgd(self.model, self.data, task, generator)
         return self.layout.flatten(self.model)

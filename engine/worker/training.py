@@ -30,6 +30,18 @@ class ClientData:
         return int(self.y.shape[0])
 
 
+def seed_global(seed: int, device: torch.device) -> None:
+    """Seed torch's global generators that ``device`` draws from (dropout, initialisation).
+
+    Not ``torch.manual_seed``: with a CUDA build of torch and CUDA not initialised (any
+    CPU executor), every call also queues a lazy CUDA seeding together with a formatted
+    stack trace, about 4 ms a call, which was most of an in-process no-op job's cost
+    (benchmarks/overhead.py). CPU draws are the same as ``torch.manual_seed``'s."""
+    torch.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        torch.cuda.manual_seed(seed)  # the executor's device: CUDA is initialised there
+
+
 def batch_indices(n: int, steps: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
     """Minibatch index lists for ``steps`` steps: epochs over fresh permutations.
 

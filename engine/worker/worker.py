@@ -83,7 +83,9 @@ class Worker:
         self.workload = WORKLOADS[spec.workload](spec.workload_params)
         self.algorithm = ALGORITHMS[spec.algorithm](spec.algorithm_params, spec.training, data.shards.sizes)
         self.meta = DatasetMeta.of(self.dataset)
-        torch.manual_seed(int_seed(spec.seed, "init"))
+        from engine.worker.training import seed_global
+
+        seed_global(int_seed(spec.seed, "init"), torch.device("cpu"))  # built on the CPU, then moved
         self.model = self.workload.model(self.meta).to(self.device)
         self.layout = ParamLayout.of(self.model)
         # The run's Byzantine clients: one keyed draw, the same on every executor and in the loop.
@@ -165,6 +167,7 @@ class Worker:
     def _run_stack(self, batch: list[tuple[JobSpec, np.ndarray]]) -> list[JobOutput]:
         """Jobs of one stack trained together in their slots (engine/worker/stacked.py)."""
         from engine.worker.stacked import stacked_rows, stacked_sgd
+        from engine.worker.training import seed_global
 
         first = batch[0][0]
         assert first.stack is not None
@@ -175,7 +178,7 @@ class Worker:
         # One start model: the stack shares its task (and version), so it receives it once.
         received = self._receive(batch[0][1], "receive_stack", first.stack.key)
         self.layout.load(self.model, received)
-        self.torch.manual_seed(int_seed(self.spec.seed, "stack_global", first.stack.key))
+        seed_global(int_seed(self.spec.seed, "stack_global", first.stack.key), self.device)
         params, losses = stacked_sgd(self.model, slots, first.task, first.stack.width)
         rows = stacked_rows(self.model, self.layout.names, params).cpu().numpy()
         outs = []
@@ -187,13 +190,14 @@ class Worker:
         return outs
 
     def _run_one(self, job: JobSpec, start: np.ndarray) -> JobOutput:
-        torch = self.torch
+        from engine.worker.training import seed_global
+
         data, generator = self._client_data(job)
         start = self._receive(start, "receive", job.client, job.job_index)
         self.layout.load(self.model, start)
         # Dropout draws from torch's global generator: key it per job too, so a result does
         # not depend on the jobs this executor happened to run before.
-        torch.manual_seed(int_seed(self.spec.seed, "train_global", job.client, job.job_index))
+        seed_global(int_seed(self.spec.seed, "train_global", job.client, job.job_index), self.device)
         result = self.algorithm.client_update(self.model, data, job.task, job.client_state, generator)
         end = self.layout.flatten(self.model)
         if not result.upload:  # the client keeps its update to itself (algorithms/cmfl.py)
