@@ -4,6 +4,7 @@ experiments it makes (engine/study.py runs them)."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,7 +71,10 @@ def load_study(path: str | None, overrides: list[str]) -> tuple[StudySpec, list[
         for prof, prof_over in spec.profiles.items():
             for seed in spec.seeds:
                 cell_raw = copy.deepcopy(raw)
-                cell_raw["algorithm"] = {**(cell_raw.get("algorithm") or {}), **alg_over}
+                own, sections = _split_sections(alg_over)
+                cell_raw["algorithm"] = {**(cell_raw.get("algorithm") or {}), **own}
+                for name, section in sections.items():
+                    cell_raw[name] = merge(cell_raw.get(name) or {}, section)
                 cell_raw["clients"] = merge(cell_raw.get("clients") or {}, prof_over)
                 cell_raw["seed"] = seed
                 try:
@@ -79,3 +83,19 @@ def load_study(path: str | None, overrides: list[str]) -> tuple[StudySpec, list[
                     raise ConfigError(f"study cell {alg} x {prof}: {e}") from None
                 cells.append(Cell(alg, prof, seed, cfg))
     return spec, cells, out_dir
+
+
+# Config sections an algorithm entry may also set, for variants that differ outside the
+# algorithm (e.g. ``autoclip: {name: fedavg, training: {clip: {mode: autoclip}}}``). No
+# algorithm has a parameter of these names (tests/unit/test_study_config.py checks it).
+SECTIONS = frozenset(f.name for f in dataclasses.fields(Config)) - {"algorithm", "seed", "out_dir"}
+
+
+def _split_sections(entry: dict[str, Any]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """An algorithm entry's own keys, and the other sections it overrides."""
+    own = {k: v for k, v in entry.items() if k not in SECTIONS}
+    sections = {k: v for k, v in entry.items() if k in SECTIONS}
+    for name, section in sections.items():
+        if not isinstance(section, dict):
+            raise ConfigError(f"study.algorithms entry key {name!r} is a config section; give it a mapping")
+    return own, sections
