@@ -13,6 +13,7 @@ from algorithms.fedbuff import FedBuff
 from algorithms.fedcompass import FedCompass
 from algorithms.fedfix import FedFix
 from algorithms.fedprox import FedProx
+from algorithms.gwpf import GWPF
 from algorithms.pfl import PFL, VPFL
 from algorithms.scaffold import Scaffold
 from engine.core.registry import Registry, subclass_with_params
@@ -27,6 +28,7 @@ ALGORITHMS: Registry[type[Algorithm]] = Registry(
             *(FedAvgM, FedAdam, FedYogi, FedAdagrad),
             *(FedFix, FedCompass, FedAT, PFL, VPFL),
             *(Scaffold, FedAvgMomentum, ScaffoldMomentum),
+            GWPF,
         )
     },
     subclass_with_params(Algorithm, "algorithm"),
