@@ -14,6 +14,7 @@ from algorithms.fedcompass import FedCompass
 from algorithms.fedfix import FedFix
 from algorithms.fedprox import FedProx
 from algorithms.gwpf import GWPF
+from algorithms.heterofl import HeteroFL
 from algorithms.pfl import PFL, VPFL
 from algorithms.scaffold import Scaffold
 from engine.core.registry import Registry, subclass_with_params
@@ -29,6 +30,7 @@ ALGORITHMS: Registry[type[Algorithm]] = Registry(
             *(FedFix, FedCompass, FedAT, PFL, VPFL),
             *(Scaffold, FedAvgMomentum, ScaffoldMomentum),
             GWPF,
+            HeteroFL,
         )
     },
     subclass_with_params(Algorithm, "algorithm"),

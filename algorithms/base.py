@@ -40,6 +40,7 @@ from algorithms.task import CLIP_NORMS_KEY, LocalTraining, Task
 if TYPE_CHECKING:
     import torch
 
+    from algorithms.privacy import Spending
     from engine.worker.training import ClientData
 
 __all__ = ["Algorithm", "Job", "JobCost", "LocalTraining", "Payload", "ServerJob", "Task", "Update"]
@@ -291,6 +292,11 @@ class Algorithm(ABC, Generic[StateT]):
         """Algorithm-specific numbers for the progress bar and summary."""
         return {}
 
+    def privacy_spent(self, state: StateT) -> Spending | None:
+        """The privacy spent so far and after the next release at worst (algorithms/privacy.py),
+        for ``epsilon`` in the results and ``stop.max_epsilon``; None without DP."""
+        return None
+
     # ---- client side (runs on an executor) ---------------------------------------
     def client_update(
         self,
@@ -359,6 +365,9 @@ class Algorithm(ABC, Generic[StateT]):
 
         With a codec: ``compress_with_feedback``, whose residual (a float32 array, or None
         without error feedback) is the client's state; ``client_state`` is its last one."""
+        from algorithms.privacy import local_upload  # privacy -> aggregation -> this module
+
+        delta = local_upload(self.params, delta, rng)  # under local DP, clipped and noised first
         codec = codecs.configured(self.params)
         if codec is None:
             return {"delta": delta}, client_state

@@ -31,6 +31,11 @@ cut it short) makes no version (``robust_skipped``). ALIE colluders' updates
 (``attacks.ColludingUpdate``) are replaced by mean - z * std of the round's honest ones
 before the rule sees them.
 
+Differential privacy: ``privacy`` (algorithms/privacy.py). Central: the round's decoded
+deltas are clipped, summed, noised once (keyed by the version) and divided by the quorum,
+in place of the weighted mean; local: each client noises its own upload. The state's
+``ledger`` keeps what the accountant needs (rounds released, or uploads per client).
+
 FedAvgM, FedAdagrad, FedAdam and FedYogi are presets of this class (end of the file).
 """
 
@@ -42,11 +47,13 @@ from typing import ClassVar
 
 import numpy as np
 
+import algorithms.privacy as dp
 import algorithms.robust as robust
 from algorithms.aggregation import check_choice, release
 from algorithms.attacks import ColludingUpdate, collude
 from algorithms.base import Algorithm, Job, ServerJob, Task, Update, sample_clients
 from algorithms.codecs import CodecConfig
+from algorithms.privacy import Ledger, PrivacyConfig
 from algorithms.robust import AggregatorConfig
 from algorithms.server_opt import ServerOptParams, ServerOptState
 
@@ -62,9 +69,11 @@ class FedAvgParams(ServerOptParams):
     over_selection: float = 1.0  # clients sampled per clients_per_round (FedScale: 1.3)
     codec: CodecConfig = field(default_factory=CodecConfig)  # update compression (algorithms/codecs.py)
     aggregator: AggregatorConfig = field(default_factory=AggregatorConfig)  # robust rule (robust.py)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)  # differential privacy (privacy.py)
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        dp.check_params(self.privacy, self.aggregator.name, self.weighting)
         if self.clients_per_round < 1:
             raise ValueError(f"clients_per_round must be >= 1 (got {self.clients_per_round})")
         if not self.server_lr > 0:
@@ -95,6 +104,7 @@ class FedAvgState:
     discarded: int = 0  # jobs cut off over the whole run (deadline passed, quorum full)
     robust_skipped: int = 0  # rounds too small for the robust aggregator: no version
     opt: ServerOptState = field(default_factory=ServerOptState)
+    ledger: Ledger = field(default_factory=Ledger)  # the privacy accountant's inputs
 
 
 class FedAvg(Algorithm[FedAvgState]):
@@ -110,7 +120,8 @@ class FedAvg(Algorithm[FedAvgState]):
 
     def init(self, model: np.ndarray) -> FedAvgState:
         self.model_size = int(np.size(model))  # decoding a codec's payload needs it
-        return FedAvgState(model=np.array(model, dtype=np.float32))
+        ledger = dp.fresh(self.params.privacy, self.num_clients)
+        return FedAvgState(model=np.array(model, dtype=np.float32), ledger=ledger)
 
     def jobs(
         self, state: FedAvgState, now: float, idle: np.ndarray, rng: np.random.Generator
@@ -126,7 +137,9 @@ class FedAvg(Algorithm[FedAvgState]):
         tasks = self.round_tasks(chosen, rng)
         jobs = [Job(c, t, quorum=job_quorum) for c, t in zip(chosen, tasks, strict=True)]
         jobs = self.with_download_cost(jobs, state.model)
-        return replace(state, pending=tuple(sorted(chosen)), quorum=quorum, round_start=now), jobs
+        ledger = dp.dispatched(self.params.privacy, state.ledger, rng, len(idle), len(chosen))
+        state = replace(state, pending=tuple(sorted(chosen)), quorum=quorum, round_start=now)
+        return replace(state, ledger=ledger), jobs
 
     def round_tasks(self, clients: list[int], rng: np.random.Generator) -> list[Task]:
         """The tasks of one round's clients (in draw order); ``rng`` is the round's stream,
@@ -134,6 +147,7 @@ class FedAvg(Algorithm[FedAvgState]):
         return [self.task_for(c) for c in clients]
 
     def on_update(self, state: FedAvgState, update: Update, now: float) -> FedAvgState:
+        state = replace(state, ledger=dp.uploaded(self.params.privacy, state.ledger, update.client))
         if update.client in state.unwanted:  # arrived in the instant its round was cut off
             return replace(state, unwanted=tuple(c for c in state.unwanted if c != update.client))
         pending = release(state.pending, update.client)
@@ -173,6 +187,7 @@ class FedAvg(Algorithm[FedAvgState]):
             pending=(),
             unwanted=(*state.unwanted, *state.pending),
             discarded=state.discarded + len(state.pending),
+            ledger=dp.round_closed(self.params.privacy, state.ledger, bool(state.received)),
         )
         if not state.received:  # everyone dropped or was late: no version
             return state
@@ -181,11 +196,12 @@ class FedAvg(Algorithm[FedAvgState]):
             robust.check_feasible(p.aggregator, len(updates))
         except ValueError:
             return replace(state, received=(), robust_skipped=state.robust_skipped + 1)
-        if p.weighting == "samples":
-            weights = [float(u.num_samples) for u in updates]
+        weights = [float(u.num_samples) if p.weighting == "samples" else 1.0 for u in updates]
+        deltas = round_deltas(updates)
+        if p.privacy.mode == "central":  # DP-FedAvg's noised clipped sum in place of the mean
+            direction = dp.noised_sum(p.privacy, state.ledger, deltas, state.quorum, state.version + 1)
         else:
-            weights = [1.0] * len(updates)
-        direction = robust.aggregate(p.aggregator, round_deltas(updates), weights)
+            direction = robust.aggregate(p.aggregator, deltas, weights)
         model, opt = p.server_update(state.model, direction, state.opt, p.server_lr)
         state = replace(state, opt=opt, received=())
         job = self.aggregation_job(state.version + 1, model, len(updates), updates[0].delta.nbytes)
@@ -198,6 +214,9 @@ class FedAvg(Algorithm[FedAvgState]):
 
     def on_server_job(self, state: FedAvgState, job: ServerJob, model: np.ndarray, now: float) -> FedAvgState:
         return replace(state, model=model, version=state.version + 1, aggregating=None)
+
+    def privacy_spent(self, state: FedAvgState) -> dp.Spending | None:
+        return dp.round_spending(self.params.privacy, state.ledger, (*state.pending, *state.unwanted))
 
     def stats(self, state: FedAvgState) -> dict[str, float]:
         out = {"dropped": float(state.dropped)}

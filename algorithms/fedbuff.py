@@ -18,6 +18,12 @@ rule in place of their mean (times K for ``buffer_reduce=sum``); the server opti
 steps on the result. ``mean`` is the plain flush above, bit for bit. ALIE colluders'
 updates (``attacks.ColludingUpdate``) are replaced by mean - z * std of the buffer's
 honest deltas before the staleness weights and the rule apply.
+
+Differential privacy: ``privacy`` (algorithms/privacy.py). Central: a flush clips the
+buffer's deltas, sums them with their staleness weights (each <= 1), adds the noise once
+and divides by K ("mean"); arrivals are no random sample, so the accounting takes no
+amplification and counts, per client, the flushes it joined. Local: each client noises its
+own upload, and every upload counts.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from typing import ClassVar
 
 import numpy as np
 
+import algorithms.privacy as dp
 from algorithms.aggregation import (
     check_choice,
     check_staleness,
@@ -38,6 +45,7 @@ from algorithms.aggregation import (
 from algorithms.attacks import ColludingUpdate, collude
 from algorithms.base import Algorithm, Job, Update
 from algorithms.codecs import CodecConfig
+from algorithms.privacy import Ledger, PrivacyConfig
 from algorithms.robust import AggregatorConfig, aggregate
 from algorithms.server_opt import ServerOptParams, ServerOptState
 
@@ -56,9 +64,11 @@ class FedBuffParams(ServerOptParams):
     max_staleness: int = -1  # staler updates are discarded; -1 = no limit
     codec: CodecConfig = field(default_factory=CodecConfig)  # update compression (algorithms/codecs.py)
     aggregator: AggregatorConfig = field(default_factory=AggregatorConfig)  # robust rule (robust.py)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)  # differential privacy (privacy.py)
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        dp.check_params(self.privacy, self.aggregator.name)
         if self.concurrency < 1:
             raise ValueError(f"concurrency must be >= 1 (got {self.concurrency})")
         if self.buffer_size < 1:
@@ -86,6 +96,7 @@ class FedBuffState:
     staleness_sum: int = 0  # sum of u over buffered updates, for the mean in stats()
     dropped: int = 0  # jobs that ended without an update
     opt: ServerOptState = field(default_factory=ServerOptState)
+    ledger: Ledger = field(default_factory=Ledger)  # the privacy accountant's inputs
 
 
 class FedBuff(Algorithm[FedBuffState]):
@@ -100,17 +111,20 @@ class FedBuff(Algorithm[FedBuffState]):
 
     def init(self, model: np.ndarray) -> FedBuffState:
         self.model_size = int(np.size(model))  # decoding a codec's payload needs it
-        return FedBuffState(model=np.array(model, dtype=np.float32))
+        ledger = dp.fresh(self.params.privacy, self.num_clients)
+        return FedBuffState(model=np.array(model, dtype=np.float32), ledger=ledger)
 
     def jobs(
         self, state: FedBuffState, now: float, idle: np.ndarray, rng: np.random.Generator
     ) -> tuple[FedBuffState, list[Job]]:
         in_flight, jobs = dispatch(self.task_for, state.in_flight, self.params.concurrency, idle, rng)
-        return replace(state, in_flight=in_flight), self.with_download_cost(jobs, state.model)
+        ledger = dp.dispatched(self.params.privacy, state.ledger, rng)  # the noise key, at the first
+        return replace(state, in_flight=in_flight, ledger=ledger), self.with_download_cost(jobs, state.model)
 
     def on_update(self, state: FedBuffState, update: Update, now: float) -> FedBuffState:
         p = self.params
-        state = replace(state, in_flight=release(state.in_flight, update.client))
+        ledger = dp.uploaded(p.privacy, state.ledger, update.client)  # local DP: every upload counts
+        state = replace(state, in_flight=release(state.in_flight, update.client), ledger=ledger)
         u = state.version - update.version_start
         if 0 <= p.max_staleness < u:
             return replace(state, discarded_stale=state.discarded_stale + 1)
@@ -126,6 +140,7 @@ class FedBuff(Algorithm[FedBuffState]):
             weights=(*state.weights, s),
             colluders=colluders,
             staleness_sum=state.staleness_sum + u,
+            ledger=dp.buffered(p.privacy, state.ledger, update.client),
         )
         if len(buffer) < p.buffer_size:
             return state
@@ -139,14 +154,18 @@ class FedBuff(Algorithm[FedBuffState]):
             weights=(),
             colluders=(),
             applied=state.applied + len(buffer),
+            ledger=dp.flushed(p.privacy, state.ledger),
         )
 
     def _direction(self, state: FedBuffState) -> np.ndarray:
-        """The full buffer's aggregate: the ordered weighted sum, or the robust rule's."""
+        """The full buffer's aggregate: the ordered weighted sum, the robust rule's, or the noised one."""
         p = self.params
         deltas = [d for d, _ in state.buffer]
         if state.colluders:
             deltas = collude(deltas, {i for i, _ in state.colluders}, state.colluders[0][1])
+        if p.privacy.mode == "central":  # the noised clipped sum, over K for "mean"
+            k = p.buffer_size if p.buffer_reduce == "mean" else 1
+            return dp.noised_sum(p.privacy, state.ledger, deltas, k, state.version + 1, state.weights)
         if p.aggregator.name == "mean":
             return weighted_sum(deltas, [c for _, c in state.buffer])
         weighted = [w * np.asarray(d, dtype=np.float64) for d, w in zip(deltas, state.weights, strict=True)]
@@ -157,6 +176,10 @@ class FedBuff(Algorithm[FedBuffState]):
 
     def on_drop(self, state: FedBuffState, client: int, now: float) -> FedBuffState:
         return replace(state, in_flight=release(state.in_flight, client), dropped=state.dropped + 1)
+
+    def privacy_spent(self, state: FedBuffState) -> dp.Spending | None:
+        flush_next = len(state.buffer) == self.params.buffer_size - 1  # the next arrival flushes
+        return dp.buffer_spending(self.params.privacy, state.ledger, state.in_flight, flush_next)
 
     def stats(self, state: FedBuffState) -> dict[str, float]:
         accepted = state.applied + len(state.buffer)

@@ -224,7 +224,8 @@ def _run_local(
     data = load_data(cfg)
     spec = ExecutorSpec.of(cfg)
     progress: dict[str, Any] = {"phase": "loading data"}
-    sim = Simulation(cfg, partial(LocalBackend, spec, data), data.shards.sizes, progress, started)
+    meta = DatasetMeta.of(data.dataset)
+    sim = Simulation(cfg, partial(LocalBackend, spec, data), data.shards.sizes, progress, started, meta)
     last = [0.0, -1]  # wall time of the last report, evaluations seen then
 
     def report() -> None:
@@ -243,7 +244,7 @@ def _run_local(
 
     sim.on_step = report
     result = _run_coroutine(sim.run(resume))
-    result["data_meta"] = DatasetMeta.of(data.dataset)  # to rebuild the model (engine/api.py)
+    result["data_meta"] = meta  # to rebuild the model (engine/api.py)
     last[0] = 0.0
     report()
     return result

@@ -227,24 +227,9 @@ class Shapes(Workload):
         return Dataset(x_train, y_train, x_test, y_test, num_classes=p.num_classes)
 
     def model(self, dataset_meta: DatasetMeta) -> torch.nn.Module:
-        import torch
-        from torch import nn
+        from workloads.models import ShapesCNN, image_model
 
-        channels, height, width = dataset_meta.input_shape
         if self.params.model != "cnn":
-            from workloads.models import image_model
-
             return image_model(self.params.model, dataset_meta.input_shape, dataset_meta.num_classes)
-        # Two conv(5x5, same padding) + ReLU + 2x2 max-pool stages, then a 64-unit MLP head.
-        return nn.Sequential(
-            nn.Conv2d(channels, 16, 5, padding=2),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, 5, padding=2),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            torch.nn.Flatten(),
-            nn.Linear(32 * (height // 4) * (width // 4), 64),
-            nn.ReLU(),
-            nn.Linear(64, dataset_meta.num_classes),
-        )
+        channels, height, width = dataset_meta.input_shape
+        return ShapesCNN(channels, height, width, dataset_meta.num_classes)

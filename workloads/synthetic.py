@@ -50,7 +50,9 @@ class SyntheticParams:
     at 10k clients); test_fraction of each client's samples goes to the pooled test set.
     samples_per_client > 0 gives every client exactly that many samples instead of the
     power law (640 with test_fraction 0.2 is 512 training examples each), the data of each
-    client otherwise unchanged.
+    client otherwise unchanged. hidden: units of ReLU hidden layers between the features and
+    the classes (an MLP, e.g. for HeteroFL's width-scaled sub-models); () keeps FedProx's
+    logistic regression.
     """
 
     alpha: float = 1.0
@@ -60,6 +62,7 @@ class SyntheticParams:
     max_samples: int = 1000
     test_fraction: float = 0.2
     samples_per_client: int = 0  # > 0: equal sizes instead of the power law
+    hidden: tuple[int, ...] = ()  # ReLU hidden layers (an MLP); () is logistic regression
 
     def __post_init__(self) -> None:
         if not self.alpha >= 0:
@@ -78,6 +81,8 @@ class SyntheticParams:
             raise ValueError(f"samples_per_client must be 0 (power law) or >= 2 (got {n})")
         if not 0.0 < self.test_fraction < 1.0:
             raise ValueError(f"test_fraction must be in (0, 1) (got {self.test_fraction})")
+        if any(h < 1 for h in self.hidden):
+            raise ValueError(f"hidden sizes must all be >= 1 (got {list(self.hidden)})")
 
 
 class Synthetic(Workload):
@@ -146,5 +151,10 @@ class Synthetic(Workload):
     def model(self, dataset_meta: DatasetMeta) -> torch.nn.Module:
         import torch
 
+        inputs = int(np.prod(dataset_meta.input_shape))
+        if self.params.hidden:
+            from workloads.models import MLP
+
+            return MLP(inputs, self.params.hidden, dataset_meta.num_classes)
         # Multinomial logistic regression, the model FedProx trains on this data.
-        return torch.nn.Linear(int(np.prod(dataset_meta.input_shape)), dataset_meta.num_classes)
+        return torch.nn.Linear(inputs, dataset_meta.num_classes)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 import os
 import types
 import typing
@@ -20,7 +19,9 @@ from typing import Any
 import yaml
 
 from algorithms import ALGORITHMS
-from algorithms.base import Algorithm, LocalTraining
+from algorithms.base import LocalTraining
+from engine.config.checks import cross_checks
+from engine.config.errors import ConfigError
 from engine.config.sections import (
     CheckpointConfig,
     ClockConfig,
@@ -31,14 +32,10 @@ from engine.config.sections import (
     StopConfig,
     TrackConfig,
 )
-from engine.core.delays import ClientsConfig, DelayModel
+from engine.core.delays import ClientsConfig
 from engine.core.registry import PluginError, Registry
-from workloads import WORKLOADS, DataError
-from workloads.partition import PARTITIONS, PartitionConfig
-
-
-class ConfigError(ValueError):
-    """A bad configuration: the message is one line naming the key and the fix."""
+from workloads import WORKLOADS
+from workloads.partition import PartitionConfig
 
 
 @dataclass(frozen=True)
@@ -170,7 +167,7 @@ def build_config(raw: dict[str, Any]) -> Config:
             }
     cfg: Config = _build(Config, raw, "", preset=sections)
     cfg = _absolute_paths(cfg)
-    _cross_checks(cfg)
+    cross_checks(cfg)
     return cfg
 
 
@@ -243,106 +240,6 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
     else:
         return value
     raise ConfigError(f"{path} must be {tp.__name__} (got {value!r}, a {type(value).__name__})")
-
-
-def _training_checks(cfg: Config, algorithm: type[Algorithm]) -> None:
-    """What local training an algorithm with its own client update cannot honour."""
-    name, clip = cfg.algorithm.name, cfg.training.clip
-    # An algorithm with its own client update that still trains through the default one
-    # (CMFL tests the update afterwards) honours every training option.
-    own_update = (
-        algorithm.client_update is not Algorithm.client_update and not algorithm.default_local_training
-    )
-    if cfg.training.momentum and own_update:
-        raise ConfigError(
-            f"{name} runs its own local steps without heavy-ball momentum: set training.momentum=0"
-        )
-    if clip.enabled and own_update:
-        raise ConfigError(f"{name} runs its own local steps, without clipping: set training.clip.mode=none")
-    if (clip.keeps_client_history or clip.shares_history) and cfg.executors.stack > 1:
-        raise ConfigError(
-            f"training.clip.scope={clip.scope} carries an AutoClip history into each job, which stacked "
-            "training does not: set training.clip.scope=job or executors.stack=1"
-        )
-    codec = getattr(cfg.algorithm.params, "codec", None)
-    if clip.keeps_client_history and codec is not None and getattr(codec, "name", "none") != "none":
-        raise ConfigError(
-            "training.clip.scope=client keeps the AutoClip history as the client state, which "
-            f"algorithm.codec={codec.name} holds there too (its residual): set training.clip.scope=job"
-        )
-
-
-def _cross_checks(cfg: Config) -> None:
-    n = cfg.clients.num
-    params = cfg.algorithm.params
-    for key in ("clients_per_round", "concurrency"):
-        k = getattr(params, key, None)
-        if k is not None and k > n:
-            raise ConfigError(f"algorithm.{key} ({k}) exceeds clients.num ({n}); lower it or add clients")
-    algorithm = ALGORITHMS[cfg.algorithm.name]
-    uses_server = cfg.server.steps > 0 or not cfg.server.cost.is_zero
-    if uses_server and not algorithm.models_server_time:
-        which = ", ".join(n for n, a in ALGORITHMS.items() if a.models_server_time)
-        raise ConfigError(
-            f"algorithm {cfg.algorithm.name!r} does not model the server's time or fine-tuning; "
-            f"leave server.steps and server.seconds_per_* at 0, or use one of {which}"
-        )
-    if cfg.executors.stack > 1 and algorithm.client_update is not Algorithm.client_update:
-        raise ConfigError(
-            f"executors.stack trains plain local SGD together; {cfg.algorithm.name} has its own "
-            "client update: set executors.stack=1"
-        )
-    _training_checks(cfg, algorithm)
-    from algorithms.robust import AggregatorConfig, check_feasible
-
-    aggregator = getattr(params, "aggregator", None)
-    if isinstance(aggregator, AggregatorConfig):
-        # Updates per aggregate: a full FedBuff buffer, or a FedAvg round's quorum.
-        key = "buffer_size" if hasattr(params, "buffer_size") else "clients_per_round"
-        per_aggregate = getattr(params, key, None)
-        if isinstance(per_aggregate, int):
-            try:
-                check_feasible(aggregator, per_aggregate)
-            except ValueError as e:
-                raise ConfigError(f"algorithm.aggregator with algorithm.{key}={per_aggregate}: {e}") from None
-    byz = cfg.clients.byzantine
-    if byz.active and byz.attack == "alie" and not getattr(algorithm, "colludes", False):
-        which = ", ".join(n for n, a in ALGORITHMS.items() if getattr(a, "colludes", False))
-        raise ConfigError(
-            "clients.byzantine.attack=alie replaces colluders' updates where many are aggregated, "
-            f"which {cfg.algorithm.name!r} does not do: use one of {which}, or another attack"
-        )
-    every = cfg.checkpoint.every
-    if every and every % cfg.eval.every:
-        raise ConfigError(f"checkpoint.every ({every}) must be a multiple of eval.every ({cfg.eval.every})")
-    if every and cfg.clock.mode == "wall":
-        raise ConfigError("checkpoint.every needs clock.mode=virtual: a wall-clock run cannot be replayed")
-    if every and cfg.server.client_state == "disk":
-        raise ConfigError(
-            "checkpoint.every needs server.client_state=memory: client states on disk are not checkpointed"
-        )
-    if cfg.clock.mode == "wall" and cfg.executors.backend == "local":
-        raise ConfigError(
-            "clock.mode=wall needs executors.backend=ray: the in-process backend runs one job at a time"
-        )
-    workload = WORKLOADS[cfg.workload.name]
-    if cfg.partition.name == "natural" and workload.default_partition != "natural":
-        raise ConfigError(
-            f"partition.name 'natural' needs a naturally partitioned workload; {cfg.workload.name!r} "
-            f"is not: choose one of {', '.join(p for p in PARTITIONS if p != 'natural')}"
-        )
-    try:  # missing data files fail here, in one line, not inside a Ray actor
-        workload(cfg.workload.params).check()
-    except DataError as e:
-        raise ConfigError(str(e)) from None
-    if cfg.out_dir and Path(cfg.out_dir).exists() and any(Path(cfg.out_dir).iterdir()):
-        raise ConfigError(f"out_dir {cfg.out_dir!r} exists and is not empty; choose a new out_dir")
-    try:  # reads trace files now, so a bad one fails before Ray starts
-        DelayModel(cfg.clients, cfg.seed)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    if not math.isfinite(cfg.stop.max_sim_time):
-        raise ConfigError("stop.max_sim_time must be finite; use 0 for no limit")
 
 
 # ---- output ----------------------------------------------------------------------------

@@ -5,6 +5,7 @@ one frozen dataclass per component, each validating its own fields in one line p
 from __future__ import annotations
 
 import importlib.util
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,6 +132,9 @@ class StopConfig:
     max_sim_time: float = 0.0  # virtual seconds; 0 = no limit
     target_accuracy: float = 0.0  # stop at the first evaluated version reaching it; 0 = off
     max_bytes: float = 0.0  # total bytes up + down; 0 = no limit
+    # Stop before a release would spend more than this epsilon (algorithm.privacy, at its
+    # delta), so no model beyond the budget is published; 0 = no budget.
+    max_epsilon: float = 0.0
 
     def __post_init__(self) -> None:
         _check(self.max_versions >= 0, f"max_versions must be >= 0 (got {self.max_versions})")
@@ -140,8 +144,12 @@ class StopConfig:
         )
         _check(self.max_bytes >= 0, f"max_bytes must be >= 0 (got {self.max_bytes})")
         _check(
-            self.max_versions or self.max_sim_time or self.max_bytes,
-            "max_versions, max_sim_time or max_bytes: set at least one limit so the run ends",
+            0 <= self.max_epsilon < math.inf,  # NaN fails too
+            f"max_epsilon must be >= 0 and finite, 0 for no budget (got {self.max_epsilon})",
+        )
+        _check(
+            self.max_versions or self.max_sim_time or self.max_bytes or self.max_epsilon,
+            "max_versions, max_sim_time, max_bytes or max_epsilon: set at least one limit so the run ends",
         )
 
 

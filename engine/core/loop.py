@@ -23,9 +23,10 @@ from typing import Any
 
 import numpy as np
 
+import algorithms.attacks as attacks
 from algorithms import ALGORITHMS
 from algorithms.base import Algorithm, Update
-from engine.core import checkpoint, clip_history, dispatch
+from engine.core import binding, checkpoint, clip_history, dispatch
 from engine.core.backend import FINETUNE, Backend, JobOutput, JobSpec, LoadState, OnOutputs
 from engine.core.clock import Priority
 from engine.core.delays import DelayModel
@@ -42,10 +43,11 @@ class Simulation:
         sizes: np.ndarray,
         progress: dict[str, Any] | None = None,
         wall_start: float | None = None,
+        meta: Any = None,
     ) -> None:
         """``backend_factory(on_outputs, load_state)`` builds the backend that runs the jobs;
-        ``sizes``: each client's training shard size; ``progress`` is updated as it runs;
-        ``wall_start``: when the run started (wall time and start-up count from it)."""
+        ``sizes``: each client's shard size; ``progress`` is updated as it runs; ``wall_start``:
+        when the run started; ``meta``: the ``DatasetMeta`` (engine/core/binding.py)."""
         self.cfg = cfg
         self.sizes = sizes
         self.progress = {} if progress is None else progress
@@ -53,9 +55,8 @@ class Simulation:
             cfg.algorithm.params, cfg.training, sizes, cfg.server.cost
         )
         self.delays = DelayModel(cfg.clients, cfg.seed)
-        self.backend: Backend = backend_factory(
-            self._on_outputs, lambda client: self.s.client_states.get(client)
-        )
+        binding.bind_model(self.algorithm, cfg, meta, self.delays)  # HeteroFL's sub-model sizes
+        self.backend: Backend = backend_factory(self._on_outputs, lambda c: self.s.client_states.get(c))
         self.wall = False  # WallSimulation (engine/core/wall.py) runs on the wall clock
         self.evals: set[asyncio.Future[None]] = set()
         self.loop_wall_start = 0.0
@@ -116,6 +117,7 @@ class Simulation:
             self.setup_seconds,
             {**self.algorithm.stats(s.algorithm), **s.server.stats()},
             self.backend.replaced,
+            self.algorithm.privacy_spent(s.algorithm),
         )
         cut = result["summary"]["versions"] if s.recorder.truncated else version
         result["model"] = s.target_models.get(cut, s.algorithm.model)
@@ -245,11 +247,9 @@ class Simulation:
 
     def send_server_work(self, w: ServerWork) -> None:
         """Fine-tune ``w``'s model on the backend; its result is due at ``w.finish``."""
-        ref = self.backend.put(w.job.model)
-        spec = JobSpec(
-            w.uid, -1, w.job.key, self.cfg.server.finetune_task, 0, urgency=w.finish, kind=FINETUNE
-        )
-        self.backend.enqueue(spec, ref, w.finish)
+        task = self.cfg.server.finetune_task
+        spec = JobSpec(w.uid, -1, w.job.key, task, 0, urgency=w.finish, kind=FINETUNE)
+        self.backend.enqueue(spec, self.backend.put(w.job.model), w.finish)
 
     def _drop_job(self, f: InFlight) -> None:
         """The algorithm discarded an in-flight job: forget it, compute it not at all if
@@ -307,8 +307,6 @@ class Simulation:
             self._complete(event)
 
     def _complete(self, f: InFlight) -> None:
-        from algorithms import attacks
-
         s = self.s
         if f.discarded:
             return  # its result arrived before the algorithm discarded it
@@ -360,7 +358,7 @@ class Simulation:
         s = self.s
         v = s.algorithm.version
         s.versions.set_current(v, s.algorithm.model)
-        s.recorder.version(v, now, time.time() - self.wall_start)
+        s.recorder.version(v, now, time.time() - self.wall_start, self.algorithm.privacy_spent(s.algorithm))
         if v % self.cfg.eval.every == 0:
             self.evaluate(v)
         self.snapshots.on_version(v)
@@ -396,5 +394,7 @@ class Simulation:
         s = self.s
         if not s.stop_reason:
             self.backend.check()
-            s.stop_reason = self.requested or s.recorder.stop_reason(s.algorithm.version, self.diverging)
+            spent = self.algorithm.privacy_spent(s.algorithm)  # DP: stops before the budget is passed
+            reason = s.recorder.stop_reason(s.algorithm.version, self.diverging, spent)
+            s.stop_reason = self.requested or reason
         return bool(s.stop_reason)

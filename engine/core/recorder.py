@@ -10,11 +10,13 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+import algorithms.privacy as dp
 from engine import __version__
 from engine.core.evaluation import LOCAL_METRICS
 from engine.core.serial import Plain
 
 if TYPE_CHECKING:
+    from algorithms.privacy import Spending
     from engine.config import Config
     from engine.core.jobs import InFlight
 
@@ -30,6 +32,8 @@ METRICS_COLUMNS = [
     "bytes_up",
     "bytes_down",
 ]
+# With algorithm.privacy: the epsilon spent by each evaluated version, at the configured delta.
+PRIVACY_METRICS = ("epsilon",)
 EVENTS_COLUMNS = [
     "client",
     "job",
@@ -61,6 +65,7 @@ class RunRecorder(Plain):
         self.last_version = -1
         self.jobs_since_version = 0
         self.truncated = False
+        self.spent: dict[int, dp.Spent] = {}  # version -> privacy spent when it was published
 
     def job(
         self,
@@ -93,7 +98,10 @@ class RunRecorder(Plain):
             )
         )
 
-    def version(self, v: int, sim_time: float, wall_time: float) -> None:
+    def version(self, v: int, sim_time: float, wall_time: float, privacy: Spending | None = None) -> None:
+        """A new global version; ``privacy``: the algorithm's privacy spent by then, if it has DP."""
+        if privacy is not None:
+            self.spent[v] = privacy.now
         self.last_version = v
         self.jobs_since_version = 0
         self.versions[v] = {
@@ -117,8 +125,16 @@ class RunRecorder(Plain):
         for v in sorted(self.evaluated):
             if cut is not None and v > cut:
                 break
-            rows.append({"version": v, **self.evaluated[v], **self.versions[v]})
+            rows.append({"version": v, **self.evaluated[v], **self.versions[v], **self._privacy_row(v)})
         return rows
+
+    def _epsilon(self, spent: dp.Spent) -> float:
+        cfg = dp.configured(self.cfg.algorithm.params)
+        assert cfg is not None, "privacy spent is reported only under algorithm.privacy"
+        return dp.epsilon(spent, cfg.noise_multiplier, cfg.delta, cfg.accountant)
+
+    def _privacy_row(self, v: int) -> dict[str, float]:
+        return {"epsilon": self._epsilon(self.spent[v])} if v in self.spent else {}
 
     def target_version(self) -> int | None:
         """The first version reaching the target accuracy (see ``_first``)."""
@@ -138,13 +154,17 @@ class RunRecorder(Plain):
         first = min(hits)
         return first if not any(p < first for p in self.pending_evals) else None
 
-    def stop_reason(self, version: int, diverging: bool) -> str:
-        """The stop rule that holds now, or "" (``diverging``: some loss was not finite)."""
+    def stop_reason(self, version: int, diverging: bool, privacy: Spending | None = None) -> str:
+        """The stop rule that holds now, or "" (``diverging``: some loss was not finite;
+        ``privacy``: the algorithm's privacy spent, checked before every event)."""
         stop = self.cfg.stop
         if stop.max_versions and version >= stop.max_versions:
             return "max_versions"
         if stop.max_bytes and self.bytes_up + self.bytes_down >= stop.max_bytes:
             return "max_bytes"
+        if stop.max_epsilon and privacy is not None and self._epsilon(privacy.next) > stop.max_epsilon:
+            # Before the release that would exceed the budget: no model beyond it is published.
+            return "max_epsilon"
         if stop.target_accuracy and self.target_version() is not None:
             return "target_accuracy"
         if diverging and self.diverged_version() is not None:
@@ -171,6 +191,7 @@ class RunRecorder(Plain):
         setup_seconds: float,
         algo_stats: dict[str, float],
         executors_replaced: int,
+        privacy: Spending | None = None,
     ) -> dict[str, Any]:
         # A run stopped by its target or by divergence ends at the version that decided it,
         # whatever was still in flight when the loop saw it.
@@ -188,6 +209,7 @@ class RunRecorder(Plain):
                 "bytes_up": int(info["bytes_up"]),
                 "bytes_down": int(info["bytes_down"]),
                 **self.evaluated[v],
+                **self._privacy_row(v),
             }
             for v, info in sorted(self.versions.items())
             if v in self.evaluated and v <= last
@@ -227,9 +249,26 @@ class RunRecorder(Plain):
             # the attacked clients and how many of their updates were applied, when any attack
             **self.cfg.clients.byzantine.summary(self.cfg.clients.num, self.cfg.seed, applied.client),
         }
+        if privacy is not None:
+            # What the whole run spent, even past a version that truncates the results.
+            summary["epsilon"] = self._epsilon(privacy.now)
+            summary["privacy"] = self._privacy_summary()
         if self.cfg.stop.target_accuracy:
             hit = self.target_version()
             summary["target_accuracy"] = self.cfg.stop.target_accuracy
             summary["time_to_target"] = None if hit is None else self.versions[hit]["sim_time"]
             summary["wall_time_to_target"] = None if hit is None else self.versions[hit]["wall_time"]
         return {"metrics": metrics, "events": events, "summary": summary}
+
+    def _privacy_summary(self) -> dict[str, Any]:
+        cfg = dp.configured(self.cfg.algorithm.params)
+        assert cfg is not None
+        return {
+            "mode": cfg.mode,
+            "delta": cfg.delta,
+            "accountant": cfg.accountant,
+            "noise_multiplier": cfg.noise_multiplier,
+            "clip": cfg.clip,
+            "neighbouring": "one client's data replaced (replace-one)",
+            "max_epsilon": self.cfg.stop.max_epsilon or None,
+        }

@@ -22,7 +22,7 @@ import yaml
 
 from engine.config import Config, to_dict
 from engine.core.evaluation import LOCAL_METRICS
-from engine.core.recorder import EVENTS_COLUMNS, METRICS_COLUMNS
+from engine.core.recorder import EVENTS_COLUMNS, METRICS_COLUMNS, PRIVACY_METRICS
 
 
 def default_out_dir(cfg: Config, stamp: str) -> str:
@@ -37,7 +37,9 @@ def write_results(out_dir: str, cfg: Config, result: dict[str, Any]) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        local = [k for k in LOCAL_METRICS if result["metrics"] and k in result["metrics"][0]]
+        local = [
+            k for k in LOCAL_METRICS + PRIVACY_METRICS if result["metrics"] and k in result["metrics"][0]
+        ]
         metrics = pd.DataFrame(result["metrics"], columns=METRICS_COLUMNS + local)
         events = pd.DataFrame(result["events"], columns=EVENTS_COLUMNS)
         metrics.to_csv(tmp / "metrics.csv", index=False)

@@ -80,9 +80,13 @@ class Server:
             )
 
         kind = WallSimulation if cfg.clock.mode == "wall" else Simulation
-        self.sim = kind(cfg, pool, data.shards.sizes, self.progress_info, wall_start=started)
+        meta = DatasetMeta.of(data.dataset)
+        try:  # an algorithm measuring the model may find the config at fault (loop.py)
+            self.sim = kind(cfg, pool, data.shards.sizes, self.progress_info, wall_start=started, meta=meta)
+        except ConfigError as e:
+            return {"config_error": str(e)}
         if self.stop_reason:
             self.sim.request_stop(self.stop_reason)
         result = await self.sim.run(self.resume)
-        result["data_meta"] = DatasetMeta.of(data.dataset)  # to rebuild the model (engine/api.py)
+        result["data_meta"] = meta  # to rebuild the model (engine/api.py)
         return result

@@ -91,6 +91,14 @@ ACROSS = {
     "fedcompass": ("algorithm.q_max=10", "algorithm.q_min=2"),
     # skipped uploads, and an AutoClip history kept per client across jobs and executors
     "cmfl:autoclip": ("algorithm.threshold=0.55", "training.clip.mode=autoclip"),
+    # sub-models of drawn widths, their classifier rows masked to each client's labels
+    "heterofl": (
+        "algorithm.clients_per_round=6",
+        "algorithm.rate_mode=random",
+        "algorithm.rates=[1.0,0.5]",
+        "algorithm.mask_classifier=true",
+        "workload.hidden=[16,16]",
+    ),
 }
 
 

@@ -32,6 +32,8 @@ SIZE: dict[str, tuple[str, ...]] = {
     "fedat": ("algorithm.num_tiers=2", "algorithm.clients_per_tier_round=3"),
     # PFL with server fine-tuning (SGD on held-out server data) end to end.
     "pfl": ("server.steps=2", "server.data_samples=100", "server.seconds_per_step=0.01"),
+    # sub-models need hidden layers to narrow: Synthetic's MLP, each client's width drawn per round
+    "heterofl": ("workload.hidden=[16,16]", "algorithm.rate_mode=random", "algorithm.clients_per_round=4"),
 }
 
 

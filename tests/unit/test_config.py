@@ -213,3 +213,83 @@ def test_local_training_an_algorithm_cannot_honour_is_refused_at_config_time() -
 def test_an_algorithm_that_trains_through_the_default_update_takes_every_training_option() -> None:
     cfg = load_config(None, ["algorithm.name=cmfl", "training.clip.mode=autoclip", "training.momentum=0.9"])
     assert cfg.training.clip.enabled and cfg.training.momentum == 0.9
+
+
+# ---- differential privacy (algorithm.privacy, stop.max_epsilon) -------------------------------
+
+CENTRAL_DP = ("algorithm.name=fedavg", "algorithm.weighting=uniform", "algorithm.privacy.mode=central")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["stop.max_epsilon=3"], "stop.max_epsilon needs algorithm.privacy.mode=central or local"),
+        (["stop.max_epsilon=-1"], "stop.max_epsilon must be >= 0 and finite, 0 for no budget"),
+        (["algorithm.privacy.mode=shuffle"], "algorithm.privacy.mode must be one of none, central, local"),
+        (["algorithm.name=fedasync", "algorithm.privacy.mode=local"], "unknown key 'algorithm.privacy'"),
+        (
+            ["algorithm.name=fedavg", "algorithm.privacy.mode=central"],
+            "algorithm.privacy.mode=central sums clipped deltas with equal weights",
+        ),
+        (
+            [*CENTRAL_DP, "algorithm.aggregator.name=median"],
+            "algorithm.privacy.mode=central bounds what one client adds to a noised sum; aggregator median",
+        ),
+        (
+            [*CENTRAL_DP, "clients.byzantine.fraction=0.2", "clients.byzantine.attack=alie"],
+            "clients.byzantine.attack=alie builds colluders' updates from the honest ones",
+        ),
+        (
+            ["algorithm.name=cmfl", "algorithm.privacy.mode=local"],
+            "algorithm.privacy.mode=local covers the noised upload of the default client update; cmfl",
+        ),
+        (
+            [*CENTRAL_DP, "algorithm.privacy.accountant=pld"],
+            "algorithm.privacy.accountant=pld: dp-accounting's PLD accountant has no event",
+        ),
+    ],
+)
+def test_privacy_that_cannot_be_accounted_is_refused_in_one_line(overrides: list[str], message: str) -> None:
+    msg = error_of(*overrides)
+    assert message in msg and "\n" not in msg
+
+
+def test_privacy_that_can_be_accounted_is_accepted() -> None:
+    # local DP with any aggregator (post-processing), central DP with byzantine clients that
+    # attack alone, PLD where no round samples (every client, every round), a budget
+    load_config(
+        None,
+        [
+            "algorithm.name=fedavg",
+            "algorithm.privacy.mode=local",
+            "algorithm.aggregator.name=krum",
+            "algorithm.aggregator.byzantine=1",
+            "stop.max_epsilon=8",
+        ],
+    )
+    load_config(None, [*CENTRAL_DP, "clients.byzantine.fraction=0.2", "clients.byzantine.attack=sign_flip"])
+    load_config(None, [*CENTRAL_DP, "clients.num=10", "algorithm.privacy.accountant=pld"])
+    cfg = load_config(None, ["algorithm.privacy.mode=central", "stop.max_versions=0", "stop.max_epsilon=2"])
+    assert cfg.algorithm.name == "fedbuff" and cfg.stop.max_epsilon == 2.0
+
+
+def test_cli_refuses_unaccountable_privacy_with_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    assert main(["algorithm.name=fedavg", "algorithm.privacy.mode=central", f"out_dir={out}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fedray: error: algorithm.privacy.mode=central") and err.count("\n") == 1
+    assert not out.exists()
+    assert main(["--list"]) == 0
+    listed = capsys.readouterr().out
+    assert "privacy.mode='none'" in listed and "privacy.noise_multiplier=1.0" in listed
+
+
+def test_heterofl_needs_hidden_layers_and_speed_tiers_at_config_time() -> None:
+    assert "workload.hidden=[64,64]" in error_of("algorithm.name=heterofl", "algorithm.rate_mode=random")
+    lstm = error_of("algorithm.name=heterofl", "workload.name=shakespeare", "algorithm.rate_mode=random")
+    assert "shakespeare" in lstm
+    tiers = error_of("algorithm.name=heterofl", "workload.hidden=[8]", "clients.speed.family=lognormal")
+    assert "clients.speed.family=tiers" in tiers
+    load_config(None, ["algorithm.name=heterofl", "workload.hidden=[8]", "algorithm.rate_mode=random"])
