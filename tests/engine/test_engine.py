@@ -91,6 +91,10 @@ ACROSS = {
     "fedcompass": ("algorithm.q_max=10", "algorithm.q_min=2"),
     # skipped uploads, and an AutoClip history kept per client across jobs and executors
     "cmfl:autoclip": ("algorithm.threshold=0.55", "training.clip.mode=autoclip"),
+    # client control variates and the server's vector carried with the task
+    "scaffold_m": ("algorithm.clients_per_round=6",),
+    # frozen entries kept by each client, thaw votes, partial downloads per client
+    "gwpf": ("algorithm.clients_per_round=6", "algorithm.stable_threshold=0.9"),
     # sub-models of drawn widths, their classifier rows masked to each client's labels
     "heterofl": (
         "algorithm.clients_per_round=6",
