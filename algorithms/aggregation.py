@@ -13,17 +13,13 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from algorithms.base import Job, Task, sample_clients
+from algorithms.task import check_choice
 
 STALENESS_KINDS = ("const", "poly", "hinge")
 MIX_MODES = ("mix_current", "delta_on_stale_base")
 
 
 # ---- Params validation (messages start with the field name: the config layer prefixes it)
-
-
-def check_choice(field: str, value: str, allowed: Sequence[str]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{field} must be one of {', '.join(allowed)} (got {value!r})")
 
 
 def check_staleness(kind: str, a: float, b: float) -> None:

@@ -365,7 +365,7 @@ class Algorithm(ABC, Generic[StateT]):
 
         With a codec: ``compress_with_feedback``, whose residual (a float32 array, or None
         without error feedback) is the client's state; ``client_state`` is its last one."""
-        from algorithms.privacy import local_upload  # privacy -> aggregation -> this module
+        from algorithms.privacy import local_upload  # imports torch-free numpy only; lazily, as it is rare
 
         delta = local_upload(self.params, delta, rng)  # under local DP, clipped and noised first
         codec = codecs.configured(self.params)

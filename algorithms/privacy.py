@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from algorithms.aggregation import check_choice
+from algorithms.task import check_choice
 
 DP_MODES = ("none", "central", "local")
 ACCOUNTANTS = ("rdp", "pld")

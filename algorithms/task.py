@@ -5,9 +5,17 @@ the executor-side training code (engine/worker/training.py), so neither imports 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+
+
+def check_choice(field: str, value: str, allowed: Sequence[str]) -> None:
+    """One line naming the field, its choices and the bad value (every Params uses it)."""
+    if value not in allowed:
+        raise ValueError(f"{field} must be one of {', '.join(allowed)} (got {value!r})")
+
 
 CLIP_MODES = ("none", "fixed", "autoclip")
 CLIP_NORMS_KEY = "clip_norms"  # a job's side upload with scope global: its steps' gradient norms
