@@ -36,6 +36,7 @@ import numpy as np
 from algorithms.aggregation import release
 from algorithms.base import ClientResult, Job, Payload, Task, Update, is_skipped
 from algorithms.fedavg import FedAvg, FedAvgParams, FedAvgState
+from algorithms.task import extend_task
 
 if TYPE_CHECKING:
     import torch
@@ -122,9 +123,7 @@ class CMFL(FedAvg):
             return state, jobs
         out = []
         for j in jobs:
-            task = RelevanceTask(
-                **{f.name: getattr(j.task, f.name) for f in dataclasses.fields(Task)}, signs=signs
-            )
+            task = extend_task(j.task, RelevanceTask, signs=signs)
             model_down = int(state.model.nbytes) if j.cost.bytes_down is None else j.cost.bytes_down
             out.append(replace(j, task=task, cost=replace(j.cost, bytes_down=model_down + signs.nbytes)))
         return state, out

@@ -34,7 +34,7 @@ frozen set), so that ``server.client_state=disk`` can hold it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -53,6 +53,7 @@ from algorithms.base import (
     sample_clients,
 )
 from algorithms.fedavg import WEIGHTINGS
+from algorithms.task import extend_task
 
 if TYPE_CHECKING:
     import torch
@@ -158,7 +159,7 @@ class GWPF(Algorithm[GwpfState]):
                 state.model, state.written_at, state.frozen_at, thawed, int(state.synced[c]), state.threshold
             )
             plain = self.task_for(c)
-            task = GwpfTask(**{f.name: getattr(plain, f.name) for f in fields(Task)}, down=down)
+            task = extend_task(plain, GwpfTask, down=down)
             jobs.append(Job(c, task, cost=JobCost(bytes_down=payload_bytes(down))))
         return replace(state, pending=tuple(sorted(chosen))), jobs
 

@@ -36,7 +36,6 @@ at ``server_lr`` 1); the reference's ``fix`` mode (rates by client id) is ``tier
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -47,6 +46,7 @@ import numpy as np
 import algorithms.heterofl_rules as rules
 from algorithms.aggregation import check_choice, release
 from algorithms.base import Algorithm, ClientResult, Job, JobCost, Payload, Task, Update, sample_clients
+from algorithms.task import extend_task
 from workloads.base import ParamLayout
 
 if TYPE_CHECKING:
@@ -169,7 +169,7 @@ class HeteroFL(Algorithm[HeteroFLState]):
         jobs = []
         for c, r in zip(chosen, rates, strict=True):
             sub, base = self._sub(r), self.task_for(c)
-            task = WidthTask(**{f.name: getattr(base, f.name) for f in dataclasses.fields(Task)}, rate=r)
+            task = extend_task(base, WidthTask, rate=r)
             cost = JobCost(bytes_down=4 * sub.index.size, compute_fraction=sub.flops_fraction)
             jobs.append(Job(c, task, cost=cost))
         return replace(

@@ -48,7 +48,7 @@ over-selection, the server's own time and stacked training.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -65,6 +65,7 @@ from algorithms.base import (
     Update,
     sample_clients,
 )
+from algorithms.task import extend_task
 
 if TYPE_CHECKING:
     import torch
@@ -291,7 +292,7 @@ class Scaffold(ControlRounds):
 
 def with_control(task: Task, control: np.ndarray) -> ControlTask:
     """``task`` carrying ``control`` to the client."""
-    return ControlTask(**{f.name: getattr(task, f.name) for f in fields(Task)}, control=control)
+    return extend_task(task, ControlTask, control=control)
 
 
 def add_float32(base: np.ndarray | None, change: np.ndarray) -> np.ndarray:

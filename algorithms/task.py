@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -133,3 +134,12 @@ class Task:
             return self.steps * shard_size
         epochs, rest = divmod(self.steps, math.ceil(shard_size / self.batch_size))
         return epochs * shard_size + rest * self.batch_size
+
+
+TaskT = TypeVar("TaskT", bound=Task)
+
+
+def extend_task(task: Task, cls: type[TaskT], **extra: Any) -> TaskT:
+    """``task`` as the subclass ``cls`` (a task that carries more to the client: SCAFFOLD's
+    control variate, CMFL's signs, GWPF's down payload, HeteroFL's rate) with ``extra``."""
+    return cls(**{f.name: getattr(task, f.name) for f in fields(Task)}, **extra)
