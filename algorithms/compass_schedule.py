@@ -128,3 +128,18 @@ def find_group(groups: Sequence[ArrivalGroup], gid: int) -> ArrivalGroup | None:
 def next_deadline(groups: Sequence[ArrivalGroup]) -> float | None:
     """The earliest armed timer: ``T_g^max`` of the open groups."""
     return min((g.latest for g in groups if g.open), default=None)
+
+
+def job_lr(
+    lr: float, decay: float, counted: int, q: int, measured: bool, q_min: int, q_max: int
+) -> tuple[int, float]:
+    """(step count, client lr) for a job of ``q`` steps under the legacy APPFL FedCompass
+    scheduler's decay (``LR_DECAY`` 0.995): ``lr * decay^floor(count / q_max)``, one decay
+    per ``q_max`` steps the client has been given. The count starts at ``q_min`` at the
+    client's first arrival (``counted`` 0), not at its first job's ``q_max`` steps, and grows
+    by each later job's ``q``; a first job (``measured`` False: no speed yet) runs at ``lr``.
+    ``decay`` 1 is no decay: ``lr`` itself, the count untouched."""
+    if decay == 1 or not measured:
+        return counted, lr
+    count = (counted if counted > 0 else q_min) + q
+    return count, lr * decay ** (count // q_max)

@@ -6,7 +6,10 @@ model at once with ``alpha_t = alpha * s(t - tau)`` (spec async-algorithms.md §
 **version** is one arrival. The mixing rate is ``alpha * s``, with no extra ``1/N`` or
 ``n_i / n`` factor (APPFL's, spec §1 pitfall 1). A finished client is replaced by one
 sampled uniformly from the idle clients, as FedBuff does, so the two share a scheduler.
-The paper's client-side proximal term (rho) is not applied: clients run plain local SGD.
+With ``rho > 0`` clients run the paper's regularised local objective
+``f_i(y) + (rho/2) ||y - x^tau||^2`` (spec §1, client procedure), the proximal pull of
+FedProx's ``Task.prox_mu`` towards the model the job started from; ``rho = 0`` (the default,
+and APPFL's trainer) is plain local SGD.
 Updates can be compressed with ``codec`` (algorithms/codecs.py), as in FedAvg; with
 ``codec.direction=both`` the client's delta is taken against the model it received, and
 the server still mixes it against its own exact ``x^tau``.
@@ -28,7 +31,7 @@ from algorithms.aggregation import (
     release,
     staleness_weight,
 )
-from algorithms.base import Algorithm, Job, Update
+from algorithms.base import Algorithm, Job, Task, Update
 from algorithms.codecs import CodecConfig
 
 
@@ -40,6 +43,7 @@ class FedAsyncParams:
     a: float = 0.5  # poly exponent / hinge slope
     b: float = 4.0  # hinge: staleness up to b is not discounted
     mix_mode: str = "mix_current"  # the paper; delta_on_stale_base is APPFL's gradient_based
+    rho: float = 0.0  # the paper's proximal term on the client; 0 = plain local SGD
     codec: CodecConfig = field(default_factory=CodecConfig)  # update compression (algorithms/codecs.py)
 
     def __post_init__(self) -> None:
@@ -49,6 +53,8 @@ class FedAsyncParams:
             raise ValueError(f"alpha must be in (0, 1] (got {self.alpha})")
         check_staleness(self.staleness, self.a, self.b)
         check_choice("mix_mode", self.mix_mode, MIX_MODES)
+        if not self.rho >= 0:  # NaN fails too
+            raise ValueError(f"rho must be >= 0 (got {self.rho})")
 
 
 @dataclass(frozen=True, eq=False)
@@ -71,6 +77,11 @@ class FedAsync(Algorithm[FedAsyncState]):
     def init(self, model: np.ndarray) -> FedAsyncState:
         self.model_size = int(np.size(model))  # decoding a codec's payload needs it
         return FedAsyncState(model=np.array(model, dtype=np.float32))
+
+    def task_for(self, client: int) -> Task:
+        task = super().task_for(client)
+        # rho 0 leaves the task untouched, so runs without the term stay bit for bit as before.
+        return replace(task, prox_mu=self.params.rho) if self.params.rho > 0 else task
 
     def jobs(
         self, state: FedAsyncState, now: float, idle: np.ndarray, rng: np.random.Generator

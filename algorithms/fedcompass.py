@@ -25,6 +25,7 @@ newer model. A client whose job dropped rejoins when it is idle again (a new gro
 it has a speed estimate, else ``q_max`` steps and a first-arrival update). Both
 buffers keep every update (APPFL's dict merge loses a client's general-buffer update
 when the same client is also in the group buffer). Server compute time is not modelled.
+``lr_decay`` < 1 adds the legacy scheduler's client lr decay (``compass_schedule.job_lr``).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from algorithms.compass_schedule import (
     Entry,
     assign_group,
     find_group,
+    job_lr,
     next_deadline,
     put_group,
     update_speed,
@@ -58,6 +60,7 @@ class FedCompassParams:
     a: float = 0.5  # poly exponent / hinge slope
     b: float = 4.0  # hinge: staleness up to b is not discounted
     compat_positive_exponent: bool = False  # poly as (u+1)^(+a): the reference repo's bug
+    lr_decay: float = 1.0  # client lr x lr_decay^floor(steps / q_max); legacy APPFL 0.995; 1 = off
 
     def __post_init__(self) -> None:
         if self.q_min < 1:
@@ -73,6 +76,8 @@ class FedCompassParams:
         check_staleness(self.staleness, self.a, self.b)
         if self.compat_positive_exponent and self.staleness != "poly":
             raise ValueError(f"compat_positive_exponent needs staleness poly (got {self.staleness!r})")
+        if not 0 < self.lr_decay <= 1:
+            raise ValueError(f"lr_decay must be in (0, 1], 1 meaning no decay (got {self.lr_decay})")
 
 
 @dataclass(frozen=True, eq=False)
@@ -83,6 +88,7 @@ class FedCompassState:
     speed: tuple[float, ...] = ()  # v_i, seconds per local step; 0 = not measured yet
     steps: tuple[int, ...] = ()  # Q_i of the job in flight or about to be dispatched
     start: tuple[float, ...] = ()  # dispatch time of the client's current job
+    lr_steps: tuple[int, ...] = ()  # lr_decay's step count per client (compass_schedule.job_lr)
     group_of: tuple[int, ...] = ()  # gid of the client's arrival group; -1: none
     in_flight: tuple[int, ...] = ()  # clients training now (sorted)
     assigned: tuple[int, ...] = ()  # clients with a Q waiting to be dispatched, in order
@@ -117,6 +123,7 @@ class FedCompass(Algorithm[FedCompassState]):
             speed=(0.0,) * n,
             steps=(self.params.q_max,) * n,
             start=(0.0,) * n,
+            lr_steps=(0,) * n,
             group_of=(-1,) * n,
         )
 
@@ -126,6 +133,7 @@ class FedCompass(Algorithm[FedCompassState]):
     ) -> tuple[FedCompassState, list[Job]]:
         # Every client takes part: idle clients with nothing scheduled (at t=0, or back
         # after a drop) start now; held clients wait for their group's aggregation.
+        p = self.params
         held = {c for g in state.groups for c in g.arrived}
         waiting = set(state.in_flight) | set(state.assigned) | held
         fresh = [int(c) for c in idle if int(c) not in waiting]
@@ -133,22 +141,26 @@ class FedCompass(Algorithm[FedCompassState]):
             if state.speed[c] > 0:
                 state = self._assign(state, c, now)
             else:  # never measured: a first job of q_max steps, aggregated on arrival
-                steps = _put(state.steps, c, self.params.q_max)
+                steps = _put(state.steps, c, p.q_max)
                 state = replace(state, steps=steps, assigned=(*state.assigned, c))
         available = {int(c) for c in idle}
         go = [c for c in state.assigned if c in available]
         if not go:
             return state, []
-        start = list(state.start)
+        start, lr_steps, jobs = list(state.start), list(state.lr_steps), []
         for c in go:
             start[c] = now
+            q, measured = state.steps[c], state.speed[c] > 0
+            lr_steps[c], lr = job_lr(self.training.lr, p.lr_decay, lr_steps[c], q, measured, p.q_min, p.q_max)
+            jobs.append(Job(c, replace(self.task_for(c), steps=q, lr=lr)))
         state = replace(
             state,
             start=tuple(start),
+            lr_steps=tuple(lr_steps),
             in_flight=tuple(sorted(state.in_flight + tuple(go))),
             assigned=tuple(c for c in state.assigned if c not in available),
         )
-        return state, [Job(c, replace(self.task_for(c), steps=state.steps[c])) for c in go]
+        return state, jobs
 
     def _assign(self, state: FedCompassState, client: int, now: float) -> FedCompassState:
         p = self.params

@@ -19,6 +19,11 @@ The YAML holds the base experiment (any ``engine.run`` keys) plus a ``study`` se
     target_accuracy: 0.7   # reported as time-to-target; runs still stop by the base stop rule
     parallel: 0            # experiments at once; 0 = as many as the CPUs allow
 
+An entry of ``algorithms`` may also set other config sections for its own runs, laid over
+the base's: each method at its own tuned rates (``fedbuff: {name: fedbuff, server_lr: 0.5,
+training: {lr: 0.2}}``, best against best), or a synchronous baseline given the virtual
+time it needs (``stop: {max_sim_time: 100}``); engine/config/study.py.
+
 Overrides ``key=value`` apply to the base experiment, ``study.<key>=value`` to the study.
 """
 

@@ -10,6 +10,11 @@
   random shards per client (McMahan et al.'s pathological non-i.i.d.; 1 gives 1-class).
 - ``quantity_skew``: client sizes q ~ Dir(alpha * 1_N) of the data, labels i.i.d. (Li et al.
   2021, NIID-Bench, arXiv 2102.02079); small alpha gives a few big clients and many small ones.
+- ``dual_dirichlet``: client sizes w ~ Dir(size_alpha / N * 1_N) and class mixes
+  q_i ~ Dir(alpha * p) with p the global class frequencies; client i gets the share
+  w_i q_ij / sum_k w_k q_kj of class j, floored, and the last client the rest of every
+  class (APPFL's ``dirichlet_noniid_partition``, the FedCompass paper's "dual Dirichlet",
+  size_alpha 8 and alpha 0.5 there; arXiv 2309.14675).
 - ``natural``: the workload's own per-client split (e.g. Synthetic(alpha, beta)).
 
 Data sharing (Zhao et al. 2018, arXiv 1806.00582) goes on top of any scheme: with
@@ -30,7 +35,15 @@ import numpy as np
 
 from engine.core.registry import Registry, function
 
-PARTITIONS = ("iid", "dirichlet_per_class", "dirichlet_per_client", "shards", "quantity_skew", "natural")
+PARTITIONS = (
+    "iid",
+    "dirichlet_per_class",
+    "dirichlet_per_client",
+    "shards",
+    "quantity_skew",
+    "dual_dirichlet",
+    "natural",
+)
 
 # A partition plug-in is ``scheme(labels, num_clients, num_classes, rng, cfg)`` returning one
 # array of positions into ``labels`` per client (engine/core/registry.py names it).
@@ -42,19 +55,21 @@ PARTITION_PLUGINS: Registry[Callable[..., list[np.ndarray]]] = Registry(
 # partitioning never reuses the stream that generated the data from the same seed.
 _PURPOSE = 0xCB43A346
 
-# dirichlet_per_class and quantity_skew redraw until every client has min_samples; past this many draws
-# the setting is hopeless in practice (alpha far too small for the client count).
+# dirichlet_per_class, quantity_skew and dual_dirichlet redraw until every client has min_samples;
+# past this many draws the setting is hopeless in practice (alpha far too small for the client count).
 MAX_DIRICHLET_DRAWS = 1000
 
 
 @dataclass(frozen=True)
 class PartitionConfig:
-    """alpha: Dirichlet concentration (small = skewed); classes_per_client: for shards;
+    """alpha: Dirichlet concentration (small = skewed); size_alpha: dual_dirichlet's
+    concentration of the client sizes (small = unequal); classes_per_client: for shards;
     shared_fraction, shared_per_client: Zhao et al.'s data sharing (|G| / n and the paper's
     alpha, the portion of G each client gets); 0 turns it off."""
 
     name: str = "iid"
     alpha: float = 0.5
+    size_alpha: float = 8.0
     classes_per_client: int = 2
     min_samples: int = 1
     shared_fraction: float = 0.0
@@ -70,6 +85,8 @@ class PartitionConfig:
             )
         if not self.alpha > 0:
             raise ValueError(f"alpha must be > 0 (got {self.alpha})")
+        if not self.size_alpha > 0:
+            raise ValueError(f"size_alpha must be > 0 (got {self.size_alpha})")
         if self.classes_per_client < 1:
             raise ValueError(f"classes_per_client must be >= 1 (got {self.classes_per_client})")
         if self.min_samples < 1:
@@ -140,6 +157,8 @@ def _scheme(
         return _quantity_skew(len(labels), num_clients, cfg, rng)
     if cfg.name == "shards":
         return _shards(labels, num_clients, cfg.classes_per_client, rng)
+    if cfg.name == "dual_dirichlet":
+        return _dual_dirichlet(labels, num_clients, num_classes, cfg, rng)
     parts = PARTITION_PLUGINS[cfg.name](labels, num_clients, num_classes, rng, cfg)
     if len(parts) != num_clients:
         raise ValueError(
@@ -232,6 +251,51 @@ def _quantity_skew(
     raise ValueError(
         f"quantity_skew with alpha={cfg.alpha} left some of {num_clients} clients with fewer than "
         f"{cfg.min_samples} sample(s) in {MAX_DIRICHLET_DRAWS} draws; use a larger alpha or fewer clients."
+    )
+
+
+def dual_dirichlet_counts(class_sizes: np.ndarray, w: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """(clients, classes) sample counts of the dual Dirichlet partition: client i's share
+    of class j is ``w_i q_ij / sum_k w_k q_kj``; every client but the last gets the floor of
+    its share of ``class_sizes[j]``, the last client what is left (APPFL's rounding, which
+    hands the last client up to N - 1 extra samples per class). Every class's mass
+    ``sum_k w_k q_kj`` must be > 0."""
+    share = w[:, None] * q / (w @ q)[None, :]
+    counts = np.floor(share * np.asarray(class_sizes)[None, :]).astype(np.int64)
+    counts[-1] = class_sizes - counts[:-1].sum(axis=0)
+    return counts
+
+
+def _dual_dirichlet(
+    labels: np.ndarray,
+    num_clients: int,
+    num_classes: int,
+    cfg: PartitionConfig,
+    rng: np.random.Generator,
+) -> list[np.ndarray]:
+    # Classes absent from the data have no prior mass and take no part (Dir(0) is undefined).
+    pools = [p for p in _class_pools(labels, num_classes, rng) if len(p)]
+    sizes_j = np.array([len(p) for p in pools], dtype=np.int64)
+    prior = sizes_j / sizes_j.sum()
+    for _ in range(MAX_DIRICHLET_DRAWS):
+        w = rng.dirichlet(np.full(num_clients, cfg.size_alpha / num_clients))  # client sizes
+        q = rng.dirichlet(cfg.alpha * prior, size=num_clients)  # each client's class mix
+        # A class nobody drew any mass for (possible at tiny alpha) cannot be shared out:
+        # redraw, as for clients below min_samples, so the result stays a Dirichlet draw.
+        if (w @ q).min() <= 0:
+            continue
+        counts = dual_dirichlet_counts(sizes_j, w, q)
+        if counts.sum(axis=1).min() >= cfg.min_samples:
+            ends = np.cumsum(counts, axis=0)  # each class pool is cut in client order
+            starts = ends - counts
+            return [
+                np.concatenate([pool[a:b] for pool, a, b in zip(pools, starts[i], ends[i], strict=True)])
+                for i in range(num_clients)
+            ]
+    raise ValueError(
+        f"dual_dirichlet with alpha={cfg.alpha}, size_alpha={cfg.size_alpha} left some of {num_clients} "
+        f"clients with fewer than {cfg.min_samples} sample(s) in {MAX_DIRICHLET_DRAWS} draws; use a larger "
+        "size_alpha or fewer clients."
     )
 
 

@@ -13,6 +13,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 
 from engine.report.results import write_results
@@ -32,6 +33,7 @@ COLUMNS = [
     "wall_time",
     "versions",
     "updates_applied",
+    "max_drop",
     "mean_staleness",
     "max_staleness",
     "bytes_total",
@@ -45,6 +47,16 @@ def time_to(metrics: list[dict[str, Any]], target: float) -> tuple[float | None,
         if target and m["accuracy"] >= target:
             return m["sim_time"], m["wall_time"]
     return None, None
+
+
+def max_drop(metrics: list[dict[str, Any]]) -> float:
+    """The largest fall of test accuracy below the best it had reached before: 0 for a run
+    that never got worse, large for one whose model swings (a measure of stability)."""
+    best, drop = -np.inf, 0.0
+    for m in metrics:
+        best = max(best, m["accuracy"])
+        drop = max(drop, best - m["accuracy"])
+    return float(drop)
 
 
 def comparison_rows(spec: StudySpec, cells: list[Cell], results: dict[str, dict[str, Any]]) -> pd.DataFrame:
@@ -62,6 +74,7 @@ def comparison_rows(spec: StudySpec, cells: list[Cell], results: dict[str, dict[
                 "seed": cell.seed,
                 "final_accuracy": s["final_accuracy"],
                 "best_accuracy": s["best_accuracy"],
+                "max_drop": max_drop(r["metrics"]),
                 "time_to_target": ttt,
                 "wall_time_to_target": wtt,
                 "sim_time": s["sim_time"],
@@ -77,15 +90,28 @@ def comparison_rows(spec: StudySpec, cells: list[Cell], results: dict[str, dict[
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
+def spread(values: pd.Series) -> str:
+    """``mean ± std (min-max)`` of the non-missing values (std with n - 1, as pandas), or
+    the value alone when there is one, so a reader can tell a gap between methods from
+    seed noise; "not reached" when there is none."""
+    v = values.dropna()
+    if v.empty:
+        return "not reached"
+    if len(v) == 1:
+        return f"{v.iloc[0]:.4g}"
+    return f"{v.mean():.4g} ± {v.std():.2g} ({v.min():.4g}-{v.max():.4g})"
+
+
 def markdown(table: pd.DataFrame, target: float) -> str:
-    """Means over seeds; time to target counts only the seeds that reached it."""
+    """Means over seeds with their spread; time to target counts only the seeds that reached it."""
     g = table.groupby(["profile", "algorithm"], sort=False)
     agg = g.agg(
         seeds=("seed", "count"),
         reached=("time_to_target", lambda x: int(x.notna().sum())),
-        time_to_target=("time_to_target", "mean"),
+        time_to_target=("time_to_target", spread),
         wall_to_target=("wall_time_to_target", "mean"),
-        final_accuracy=("final_accuracy", "mean"),
+        final_accuracy=("final_accuracy", spread),
+        max_drop=("max_drop", "mean"),
         mean_staleness=("mean_staleness", "mean"),
         max_staleness=("max_staleness", "max"),
         mbytes=("bytes_total", lambda x: x.mean() / 1e6),
@@ -93,35 +119,67 @@ def markdown(table: pd.DataFrame, target: float) -> str:
     ).reset_index()
     head = (
         f"| profile | algorithm | time to {target:g} (virtual s) | wall s to target | reached | "
-        "final accuracy | mean / max staleness | MB moved | client idle |"
+        "final accuracy | max drop | mean / max staleness | MB moved | client idle |"
     )
-    lines = [head, "|" + "---|" * 9]
+    lines = [head, "|" + "---|" * 10]
     for r in agg.to_dict("records"):
-        ttt = "not reached" if pd.isna(r["time_to_target"]) else f"{r['time_to_target']:.4g}"
         wtt = "-" if pd.isna(r["wall_to_target"]) else f"{r['wall_to_target']:.1f}"
         lines.append(
-            f"| {r['profile']} | {r['algorithm']} | {ttt} | {wtt} | {r['reached']}/{r['seeds']} | "
-            f"{r['final_accuracy']:.4f} | {r['mean_staleness']:.2f} / {r['max_staleness']} | "
-            f"{r['mbytes']:.2f} | {r['idle']:.2f} |"
+            f"| {r['profile']} | {r['algorithm']} | {r['time_to_target']} | {wtt} | "
+            f"{r['reached']}/{r['seeds']} | {r['final_accuracy']} | {r['max_drop']:.3f} | "
+            f"{r['mean_staleness']:.2f} / {r['max_staleness']} | {r['mbytes']:.2f} | {r['idle']:.2f} |"
         )
-    return "\n".join(lines) + "\n"
+    note = (
+        "Time to target and final accuracy: mean ± std (min-max) over the seeds (that reached it). "
+        "Max drop: the largest fall of test accuracy below its best so far, mean over the seeds."
+    )
+    return "\n".join(lines) + f"\n\n{note}\n"
+
+
+def seed_band(
+    curves: list[tuple[np.ndarray, np.ndarray, float]], grid: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean, min, max) over seeds of the accuracy on a common virtual-time ``grid``. Each
+    curve is (evaluation times, accuracies, the run's end). The model changes only at a new
+    version, so a run's accuracy at ``t`` is that of its latest evaluation at or before
+    ``t`` (a step function) up to its end; NaN before its first evaluation and after its
+    end, and wherever any seed is NaN, so the band covers only times every seed ran."""
+    stacked = np.full((len(curves), len(grid)), np.nan)
+    for row, (times, acc, end) in zip(stacked, curves, strict=True):
+        at = np.searchsorted(times, grid, side="right") - 1
+        ok = (at >= 0) & (grid <= end)
+        row[ok] = acc[at[ok]]
+    return stacked.mean(axis=0), stacked.min(axis=0), stacked.max(axis=0)
 
 
 def plot_study(cells: list[Cell], results: dict[str, dict[str, Any]], target: float, path: Path) -> None:
+    """Accuracy against virtual time, one panel per profile: each algorithm's mean over the
+    seeds as a line, shaded between its worst and its best seed."""
     profiles = list(dict.fromkeys(c.profile for c in cells))
+    end = max(r["summary"]["sim_time"] for r in results.values())
+    grid = np.linspace(0.0, end, 400)
     fig, axes = plt.subplots(1, len(profiles), figsize=(5.0 * len(profiles), 3.8), squeeze=False)
     for ax, prof in zip(axes[0], profiles, strict=True):
-        for cell in cells:
-            if cell.profile != prof or cell.seed != cells[0].seed:
-                continue  # one seed per line keeps the panels readable; the table has all seeds
-            m = pd.DataFrame(results[cell.label]["metrics"])
-            ax.plot(m.sim_time, m.accuracy, label=cell.algorithm)
+        for alg in dict.fromkeys(c.algorithm for c in cells):
+            runs = [results[c.label] for c in cells if (c.profile, c.algorithm) == (prof, alg)]
+            curves = [
+                (
+                    np.array([m["sim_time"] for m in r["metrics"]], dtype=float),
+                    np.array([m["accuracy"] for m in r["metrics"]]),
+                    float(r["summary"]["sim_time"]),
+                )
+                for r in runs
+            ]
+            mean, low, high = seed_band(curves, grid)
+            (line,) = ax.plot(grid, mean, label=alg if len(runs) == 1 else f"{alg} ({len(runs)} seeds)")
+            if len(runs) > 1:
+                ax.fill_between(grid, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
         if target:
             ax.axhline(target, color="grey", linestyle=":", linewidth=1)
         ax.set_title(f"profile: {prof}")
         ax.set_xlabel("virtual time (s)")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("test accuracy")
+    axes[0][0].set_ylabel("test accuracy (band: min-max over seeds)")
     axes[0][-1].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -16,7 +16,14 @@ import numpy as np
 import pytest
 
 from algorithms.base import LocalTraining, Update
-from algorithms.compass_schedule import ArrivalGroup, assign_group, create_steps, join_steps, update_speed
+from algorithms.compass_schedule import (
+    ArrivalGroup,
+    assign_group,
+    create_steps,
+    job_lr,
+    join_steps,
+    update_speed,
+)
 from algorithms.fedcompass import FedCompass, FedCompassParams, FedCompassState
 
 TRAINING = LocalTraining(local_steps=3, batch_size=0, lr=0.1)
@@ -27,6 +34,7 @@ R2, R3 = math.sqrt(2), math.sqrt(3)
 @dataclass
 class Run:
     dispatches: list[tuple[float, int, int]] = field(default_factory=list)  # (time, client, Q)
+    lrs: list[float] = field(default_factory=list)  # each dispatched job's client lr, in order
     made: dict[int, float] = field(default_factory=dict)  # version -> time it was made
     models: dict[int, np.ndarray] = field(default_factory=dict)
     states: dict[float, FedCompassState] = field(default_factory=dict)  # end of each instant
@@ -55,6 +63,7 @@ def simulate(alg: FedCompass, seconds_per_step: Callable[[int, int], float], unt
             job_index[j.client] += 1
             heapq.heappush(heap, (finish, next(seq), j.client, state.version))
             run.dispatches.append((now, j.client, j.task.steps))
+            run.lrs.append(j.task.lr)
         run.states[now] = state
 
     def record(now: float) -> None:
@@ -310,6 +319,8 @@ def test_speed_momentum_weighs_the_new_measurement() -> None:
             {"staleness": "const", "compat_positive_exponent": True},
             r"^compat_positive_exponent needs staleness poly",
         ),
+        ({"lr_decay": 0.0}, r"^lr_decay must be in \(0, 1\], 1 meaning no decay \(got 0.0\)"),
+        ({"lr_decay": 1.5}, r"^lr_decay must be in \(0, 1\]"),
     ],
 )
 def test_params_validation(kwargs: dict[str, Any], message: str) -> None:
@@ -318,4 +329,38 @@ def test_params_validation(kwargs: dict[str, Any], message: str) -> None:
 
 
 def test_params_defaults() -> None:
-    assert FedCompassParams() == FedCompassParams(100, 20, 1.5, 0.9, 0.9, "poly", 0.5, 4.0, False)
+    assert FedCompassParams() == FedCompassParams(100, 20, 1.5, 0.9, 0.9, "poly", 0.5, 4.0, False, 1.0)
+
+
+def test_legacy_lr_decay_by_hand() -> None:
+    """The three-speed run above with lr_decay 0.5 (the legacy code's 0.995, made visible):
+    a job's lr is 0.1 * 0.5^floor(count / 100), the count starting at q_min = 20 on the
+    client's first arrival and growing by every later job's Q; the schedule is unchanged."""
+    plain = simulate(compass(), lambda c, k: (1.0, 2.0, 5.0)[c], until=800.0)
+    run = simulate(compass(lr_decay=0.5), lambda c, k: (1.0, 2.0, 5.0)[c], until=800.0)
+    assert run.dispatches == plain.dispatches and run.made == plain.made
+    assert plain.lrs == [0.1] * len(plain.dispatches)  # lr_decay 1: every job at the configured lr
+    halvings = [
+        0, 0, 0,  # first jobs: the configured lr
+        1,  # 100: A 20 + 100 = 120
+        0, 2,  # 200: B 20 + 75 = 95; A 120 + 100 = 220
+        2,  # 300: A 270
+        3, 1,  # 350: A 370; B 95 + 50 = 145
+        4, 1,  # 450: A 470; B 195
+        0,  # 500: C's first arrival: 20 + 40 = 60
+        5, 2,  # 550: A 570; B 270
+        6,  # 650: A 620
+        7, 3, 0,  # 700: A 720; B 320; C 80
+        8, 3, 1,  # 800: A 820; B 370; C 100
+    ]  # fmt: skip
+    assert run.lrs == pytest.approx([0.1 * 0.5**k for k in halvings], rel=1e-12)
+    assert run.states[800.0].lr_steps == (820, 370, 100)
+    assert plain.states[800.0].lr_steps == (0, 0, 0)  # not counted without the decay
+
+
+def test_job_lr_rule() -> None:
+    # (count, lr): first arrival 20 + 100 = 120, one decay; then + 80 = 200, two decays
+    assert job_lr(0.1, 0.995, 0, 100, True, 20, 100) == (120, pytest.approx(0.0995))
+    assert job_lr(0.1, 0.995, 120, 80, True, 20, 100) == (200, pytest.approx(0.1 * 0.995**2))
+    assert job_lr(0.1, 0.995, 0, 100, False, 20, 100) == (0, 0.1)  # a first job: not counted
+    assert job_lr(0.1, 1.0, 120, 80, True, 20, 100) == (120, 0.1)  # no decay: nothing counted

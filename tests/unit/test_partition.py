@@ -34,11 +34,12 @@ def test_names() -> None:
         "dirichlet_per_client",
         "shards",
         "quantity_skew",
+        "dual_dirichlet",
         "natural",
     )
 
 
-@pytest.mark.parametrize("name", ["iid", "dirichlet_per_class", "shards", "quantity_skew"])
+@pytest.mark.parametrize("name", ["iid", "dirichlet_per_class", "shards", "quantity_skew", "dual_dirichlet"])
 def test_exact_cover(name: str) -> None:
     labels = balanced_labels(97)  # 970 samples: nothing divides evenly
     parts = partition(PartitionConfig(name, alpha=0.5), labels, 13, C, seed=4)
@@ -105,7 +106,8 @@ def test_shards_two_classes_per_client() -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["iid", "dirichlet_per_class", "dirichlet_per_client", "shards", "quantity_skew"]
+    "name",
+    ["iid", "dirichlet_per_class", "dirichlet_per_client", "shards", "quantity_skew", "dual_dirichlet"],
 )
 def test_deterministic_in_seed(name: str) -> None:
     labels = balanced_labels(60)
@@ -239,6 +241,7 @@ def test_labels_out_of_range() -> None:
     [
         ({"name": "dirichlet"}, "name must be one of iid, dirichlet_per_class"),
         ({"alpha": 0.0}, "alpha must be > 0 (got 0.0)"),
+        ({"size_alpha": -1.0}, "size_alpha must be > 0 (got -1.0)"),
         ({"classes_per_client": 0}, "classes_per_client must be >= 1 (got 0)"),
         ({"min_samples": 0}, "min_samples must be >= 1 (got 0)"),
         ({"shared_fraction": 1.0}, "shared_fraction must be in [0, 1) (got 1.0)"),
@@ -249,3 +252,61 @@ def test_config_validation(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError) as e:
         PartitionConfig(**kwargs)
     assert str(e.value).startswith(message)
+
+
+def test_dual_dirichlet_counts_by_hand() -> None:
+    # Classes of 10 and 7 examples; sizes w = (0.5, 0.3, 0.2); class mixes q_i per row.
+    w = np.array([0.5, 0.3, 0.2])
+    q = np.array([[0.6, 0.4], [0.5, 0.5], [0.1, 0.9]])
+    # Class 0's mass sum_k w_k q_k0 = 0.3 + 0.15 + 0.02 = 0.47: shares 0.638, 0.319, 0.043 of
+    # 10 -> floors 6, 3 and the last client the rest, 1. Class 1's mass 0.2 + 0.15 + 0.18 =
+    # 0.53: shares 0.377, 0.283, 0.340 of 7 -> 2, 1 and the rest, 4 (not round(2.38) = 2).
+    counts = P.dual_dirichlet_counts(np.array([10, 7]), w, q)
+    assert counts.tolist() == [[6, 2], [3, 1], [1, 4]]
+
+
+def test_dual_dirichlet_follows_the_seeds_draws() -> None:
+    labels = np.array([0] * 10 + [1] * 7 + [2] * 3, dtype=np.int64)
+    cfg = PartitionConfig("dual_dirichlet", alpha=2.0, size_alpha=6.0)
+    parts = partition(cfg, labels, 3, 4, seed=5)  # class 3 has no example: it takes no part
+    # The partition's own stream: each class pool shuffled, then the sizes, then the mixes.
+    rng = np.random.default_rng([5, P._PURPOSE])
+    pools = [rng.permutation(np.flatnonzero(labels == c)) for c in range(4)][:3]
+    w = rng.dirichlet(np.full(3, 6.0 / 3))
+    q = rng.dirichlet(2.0 * np.array([10, 7, 3]) / 20, size=3)
+    counts = P.dual_dirichlet_counts(np.array([10, 7, 3]), w, q)
+    assert [np.bincount(labels[p], minlength=4)[:3].tolist() for p in parts] == counts.tolist()
+    # Each class pool is cut in client order: client 0 takes its first examples, and so on.
+    ends = np.cumsum(counts, axis=0)
+    for i, p in enumerate(parts):
+        expected = np.concatenate([pools[c][ends[i, c] - counts[i, c] : ends[i, c]] for c in range(3)])
+        assert np.array_equal(p, np.sort(expected))
+    # Every example assigned exactly once.
+    assert np.array_equal(np.sort(np.concatenate(parts)), np.arange(len(labels)))
+
+
+def test_dual_dirichlet_size_alpha_and_alpha_control_the_skew() -> None:
+    labels = balanced_labels(500)
+
+    def parts_of(alpha: float, size_alpha: float) -> list[np.ndarray]:
+        return partition(
+            PartitionConfig("dual_dirichlet", alpha=alpha, size_alpha=size_alpha), labels, 10, C, 1
+        )
+
+    def spread(parts: list[np.ndarray]) -> float:
+        return max(len(p) for p in parts) / min(len(p) for p in parts)
+
+    # With near-i.i.d. mixes the sizes follow w: even at size_alpha 1000, far apart at 2.
+    assert spread(parts_of(1000.0, 1000.0)) < 1.5 and spread(parts_of(1000.0, 2.0)) > 5
+    # Class mixes: the paper's alpha 0.5 concentrates clients on few classes; 1000 is near i.i.d.
+    assert class_shares(labels, parts_of(0.5, 1000.0)).max(1).mean() > 0.5
+    assert class_shares(labels, parts_of(1000.0, 1000.0)).max(1).mean() < 0.2
+
+
+def test_dual_dirichlet_min_samples_redraws(monkeypatch: pytest.MonkeyPatch) -> None:
+    labels = balanced_labels(50)
+    cfg = PartitionConfig("dual_dirichlet", size_alpha=5.0, min_samples=20)
+    assert min(len(p) for p in partition(cfg, labels, 10, C, seed=0)) >= 20
+    monkeypatch.setattr(P, "MAX_DIRICHLET_DRAWS", 1)
+    with pytest.raises(ValueError, match=r"dual_dirichlet with alpha=0\.5, size_alpha=5\.0 left some"):
+        partition(cfg, labels, 10, C, seed=0)
