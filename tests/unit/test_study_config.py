@@ -35,3 +35,13 @@ def test_an_algorithm_entry_may_set_other_sections(tmp_path: Path) -> None:
     f.write_text("study:\n  algorithms:\n    bad: {name: fedavg, training: 3}\n")
     with pytest.raises(ConfigError, match="'training' is a config section"):
         load_study(str(f), [f"out_dir={tmp_path / 'out2'}"])
+
+
+STUDIES = sorted((Path(__file__).parents[2] / "configs" / "studies").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", STUDIES, ids=lambda p: p.stem)
+def test_shipped_studies_build_every_cell(path: Path, tmp_path: Path) -> None:
+    """Each shipped study validates every experiment of its grid (no Ray, nothing run)."""
+    spec, cells, _ = load_study(str(path), [f"out_dir={tmp_path / 'out'}"])
+    assert len(cells) == len(spec.algorithms) * len(spec.profiles) * len(spec.seeds) > 0
