@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from algorithms.base import Algorithm
 from algorithms.cmfl import CMFL
+from algorithms.cse_fsl import CseFsl
 from algorithms.fedasync import FedAsync
 from algorithms.fedat import FedAT
 from algorithms.fedavg import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedYogi
@@ -13,10 +14,12 @@ from algorithms.fedbuff import FedBuff
 from algorithms.fedcompass import FedCompass
 from algorithms.fedfix import FedFix
 from algorithms.fedprox import FedProx
+from algorithms.fsl_sage import FslSage
 from algorithms.gwpf import GWPF
 from algorithms.heterofl import HeteroFL
 from algorithms.pfl import PFL, VPFL
 from algorithms.scaffold import Scaffold
+from algorithms.splitfed import SplitFed, SplitFedV2
 from engine.core.registry import Registry, subclass_with_params
 
 # Built-ins by name; a config may also name a plug-in (engine/core/registry.py).
@@ -31,6 +34,7 @@ ALGORITHMS: Registry[type[Algorithm]] = Registry(
             *(Scaffold, FedAvgMomentum, ScaffoldMomentum),
             GWPF,
             HeteroFL,
+            *(SplitFed, SplitFedV2, CseFsl, FslSage),
         )
     },
     subclass_with_params(Algorithm, "algorithm"),

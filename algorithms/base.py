@@ -26,15 +26,14 @@ checkpointing is serialising it. Arrays in a state are never modified in place.
 from __future__ import annotations
 
 import dataclasses
-import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 import numpy as np
 
 import algorithms.codecs as codecs
+from algorithms.job import Job, JobCost, Payload, ServerCost, ServerJob, payload_bytes
 from algorithms.task import CLIP_NORMS_KEY, LocalTraining, Task
 
 if TYPE_CHECKING:
@@ -43,94 +42,19 @@ if TYPE_CHECKING:
     from algorithms.privacy import Spending
     from engine.worker.training import ClientData
 
-__all__ = ["Algorithm", "Job", "JobCost", "LocalTraining", "Payload", "ServerJob", "Task", "Update"]
-
-# What a client uploads: named arrays, exactly what crosses the network (a dense delta, or
-# e.g. indices and values of a sparsified one). Its size is the sum of the arrays' bytes.
-Payload = Mapping[str, np.ndarray]
-
-
-def payload_bytes(payload: Payload) -> int:
-    return int(sum(a.nbytes for a in payload.values()))
-
-
-@dataclass(frozen=True)
-class JobCost:
-    """What one job costs beyond its compute, as the job states it; the delay model
-    charges exactly this. The defaults are a plain FL job: the whole model down, the real
-    encoded payload up, the full model's compute, no exchange while it runs."""
-
-    bytes_down: int | None = None  # None: the whole global model
-    bytes_up: int | None = None  # None: the payload's real size, reported by the executor
-    compute_fraction: float = 1.0  # share of the full model's compute (sub-models, partial training)
-    round_trips: int = 0  # blocking exchanges during the job (e.g. per-step activations)
-    round_trip_bytes_up: int = 0  # per exchange
-    round_trip_bytes_down: int = 0  # per exchange
-    server_seconds: float = 0.0  # server-side compute the job waits for (per job, in total)
-
-    def __post_init__(self) -> None:
-        names = ("bytes_down", "bytes_up", "round_trips", "round_trip_bytes_up", "round_trip_bytes_down")
-        for name in (*names, "server_seconds"):
-            value = getattr(self, name)
-            if value is not None and not (math.isfinite(value) and value >= 0):  # NaN fails too
-                raise ValueError(f"JobCost.{name} must be a finite number >= 0 (got {value})")
-        if not 0 < self.compute_fraction <= 1:
-            raise ValueError(f"JobCost.compute_fraction must be in (0, 1] (got {self.compute_fraction})")
-
-
-@dataclass(frozen=True)
-class Job:
-    client: int
-    task: Task
-    # > 0: of the jobs returned with this quorum by one ``jobs`` call, only the first
-    # ``quorum`` arrivals will be used (over-selection). The engine may then hold back
-    # the rest and never compute them if ``discard`` drops them first.
-    quorum: int = 0
-    cost: JobCost = field(default_factory=JobCost)
-
-
-@dataclass(frozen=True)
-class ServerCost:
-    """The server's own compute time per aggregation (config section ``server``), so that
-    a synchronous round costs slowest client + aggregation, and algorithms that overlap
-    aggregation with client work (PFL) can show it. ``finetune`` says the engine fine-tunes
-    every aggregate on server data (engine/worker/finetune.py) for ``finetune_seconds``."""
-
-    seconds_per_aggregation: float = 0.0
-    seconds_per_update: float = 0.0  # per update aggregated
-    seconds_per_mb: float = 0.0  # per MB of updates aggregated
-    finetune_seconds: float = 0.0  # the server fine-tuning after each aggregation
-    finetune: bool = False
-
-    def __post_init__(self) -> None:
-        for name in ("seconds_per_aggregation", "seconds_per_update", "seconds_per_mb", "finetune_seconds"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0 (got {getattr(self, name)})")
-
-    @property
-    def is_zero(self) -> bool:
-        return not any(dataclasses.astuple(self))
-
-    def aggregation_time(self, num_updates: int, update_bytes: int) -> float:
-        return (
-            self.seconds_per_aggregation
-            + self.seconds_per_update * num_updates
-            + self.seconds_per_mb * num_updates * update_bytes / 1e6
-            + self.finetune_seconds
-        )
-
-
-@dataclass(frozen=True, eq=False)
-class ServerJob:
-    """Server-side work an algorithm asks for: it occupies the server for ``seconds`` of
-    virtual time (queued behind other server work), and with ``finetune`` the engine also
-    fine-tunes ``model`` on the server's data on the executor pool. The result comes back
-    through ``on_server_job`` at the job's finish time: ``model``, fine-tuned if asked."""
-
-    key: int  # the algorithm's name for it (e.g. the version the aggregate becomes)
-    seconds: float
-    model: np.ndarray
-    finetune: bool = False
+__all__ = [
+    "Algorithm",
+    "ClientResult",
+    "Job",
+    "JobCost",
+    "LocalTraining",
+    "Payload",
+    "ServerCost",
+    "ServerJob",
+    "Task",
+    "Update",
+    "payload_bytes",
+]
 
 
 @dataclass(frozen=True)
@@ -143,6 +67,7 @@ class Update:
     version_start: int  # tau: the global version the job started from
     base: np.ndarray  # x^tau itself (read-only), for rules that mix with the stale base
     payload: Payload = field(default_factory=dict)  # what was uploaded, as encoded
+    extra: Payload = field(default_factory=dict)  # uploaded beside it (ClientResult.extra)
 
 
 @dataclass(frozen=True)
@@ -154,8 +79,9 @@ class ClientResult:
     # False: the client declines to upload (CMFL's irrelevant update); the job then sends
     # ``SKIPPED_UPLOAD``, no bytes, and the algorithm's ``decode``/``on_update`` see it.
     upload: bool = True
-    # Arrays uploaded beside the update, for the engine rather than the algorithm (AutoClip's
-    # norms with scope global: engine/core/clip_history.py); charged on the upload.
+    # Arrays uploaded beside the update (``Update.extra``): AutoClip's norms with scope global
+    # for the engine (engine/core/clip_history.py), split learning's activations for the
+    # algorithm. Charged on the upload, unless the job's cost states its bytes itself.
     extra: Payload = field(default_factory=dict)
 
 
@@ -206,6 +132,8 @@ class Algorithm(ABC, Generic[StateT]):
     # Whether an overridden ``client_update`` still trains through this class's (local SGD
     # with the task's momentum, weight decay and clipping), so every training option holds.
     default_local_training: ClassVar[bool] = False
+    # The workload a config that names none gets (None: the engine's default, synthetic).
+    default_workload: ClassVar[str | None] = None
 
     def __init__(
         self,
@@ -287,6 +215,13 @@ class Algorithm(ABC, Generic[StateT]):
     def on_server_job(self, state: StateT, job: ServerJob, model: np.ndarray, now: float) -> StateT:
         """``job`` ended at ``now``; ``model`` is its model, fine-tuned if it asked."""
         raise TypeError(f"{self.name} asked for no server work")
+
+    def server_update(
+        self, model: torch.nn.Module, inputs: Payload, key: int, generator: torch.Generator
+    ) -> np.ndarray:
+        """The result of a ``ServerJob`` with ``compute`` (on the executor pool): ``model`` is
+        loaded with the job's model; return the array ``on_server_job`` receives."""
+        raise TypeError(f"{self.name} computes no server work")
 
     def stats(self, state: StateT) -> dict[str, float]:
         """Algorithm-specific numbers for the progress bar and summary."""

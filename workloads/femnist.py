@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from workloads.base import DataError, Dataset, DatasetMeta, Workload
-from workloads.vision import IMAGE_MODELS, absolute
+from workloads.vision import IMAGE_MODELS, absolute, resolve_cut
 
 if TYPE_CHECKING:
     import torch
@@ -40,16 +40,19 @@ SIDE = 28
 
 @dataclass(frozen=True)
 class FemnistParams:
-    """root: LEAF's data/femnist/data (holding train/ and test/); model: one of IMAGE_MODELS."""
+    """root: LEAF's data/femnist/data (holding train/ and test/); model: one of IMAGE_MODELS;
+    cut: where split learning cuts the model (workloads/vision.py ``CUTS``; "" = its default)."""
 
     root: str = "~/data/femnist"
     model: str = "mnist_cnn"
+    cut: str = ""
 
     def __post_init__(self) -> None:
         if not self.root:
             raise ValueError("root must name the data folder (got '')")
         if self.model not in IMAGE_MODELS:
             raise ValueError(f"model must be one of {', '.join(IMAGE_MODELS)} (got {self.model!r})")
+        resolve_cut(self.model, self.cut)
         object.__setattr__(self, "root", absolute(self.root))
 
 
@@ -157,3 +160,7 @@ class Femnist(Workload):
         from workloads.models import image_model
 
         return image_model(self.params.model, dataset_meta.input_shape, dataset_meta.num_classes)
+
+    def cut_name(self) -> str:
+        """Where split learning cuts the model: ``workload.cut``, or the model's default."""
+        return resolve_cut(self.params.model, self.params.cut)

@@ -14,6 +14,9 @@
   (FedAdam's per-coordinate scaling, momentum) can then push ``running_var`` negative, and a
   non-IID client's batch statistics skew the global ones. GroupNorm has no buffers and does not
   depend on the batch, so every entry of the vector is a trained parameter.
+- ``resnet18_ref``: the same ResNet-18 with the ImageNet stem (7x7 stride-2 conv, 3x3 stride-2
+  max-pool) of FSL-SAGE's reference, which split learning's byte counts assume: on 32x32 images
+  its layer2 outputs 128x4x4, not 128x16x16.
 - ``char_lstm``: LEAF's / the FedAvg paper's Shakespeare model: embedding 8, two LSTM layers
   of 256 units, a dense layer over the vocabulary applied to the last step's output.
 - ``ShapesCNN``: the Shapes workload's small CNN; ``MLP``: Synthetic's optional hidden layers.
@@ -42,7 +45,7 @@ from typing import Any
 import torch
 from torch import nn
 
-IMAGE_MODELS = ("mnist_cnn", "cifar_cnn", "resnet18")
+IMAGE_MODELS = ("mnist_cnn", "cifar_cnn", "resnet18", "resnet18_ref")
 
 
 def image_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
@@ -54,6 +57,8 @@ def image_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn
         return CifarCNN(channels, height, width, num_classes)
     if name == "resnet18":
         return ResNet18(channels, num_classes)
+    if name == "resnet18_ref":
+        return ResNet18(channels, num_classes, "imagenet")
     raise ValueError(f"unknown image model {name!r}; choose one of {', '.join(IMAGE_MODELS)}")
 
 
@@ -271,19 +276,29 @@ class _BasicBlock(nn.Module):
 
 
 class ResNet18(WidthScalable, nn.Module):
-    def __init__(self, channels: int, num_classes: int, rate: float = 1.0, scaler: bool = True) -> None:
+    def __init__(
+        self, channels: int, num_classes: int, stem: str = "cifar", rate: float = 1.0, scaler: bool = True
+    ) -> None:
         super().__init__()
-        self.shape_args, self.rate, self.scaler = (channels, num_classes), rate, scaler
+        if stem not in ("cifar", "imagenet"):
+            raise ValueError(f"stem must be 'cifar' or 'imagenet' (got {stem!r})")
+        self.shape_args, self.rate, self.scaler = (channels, num_classes, stem), rate, scaler
 
         def width(d: int) -> int:  # GroupNorm needs a channel count its groups divide
             return hidden_width(d, rate, multiple=_GROUPS)
 
         # A 3x3 stride-1 stem and no max-pool: the ImageNet stem (7x7 stride 2 + pool) would
-        # shrink a 32x32 image to 8x8 before the first block.
-        stem = width(64)
-        self.stem = nn.Sequential(
-            nn.Conv2d(channels, stem, 3, padding=1, bias=False), nn.GroupNorm(_GROUPS, stem), nn.ReLU()
-        )
+        # shrink a 32x32 image to 8x8 before the first block; "imagenet" builds it all the same,
+        # as the split-learning reference does.
+        c = width(64)
+        if stem == "cifar":
+            self.stem = nn.Sequential(
+                nn.Conv2d(channels, c, 3, padding=1, bias=False), nn.GroupNorm(_GROUPS, c), nn.ReLU()
+            )
+        else:
+            conv = nn.Conv2d(channels, c, 7, stride=2, padding=3, bias=False)
+            pool = nn.MaxPool2d(3, stride=2, padding=1)
+            self.stem = nn.Sequential(conv, nn.GroupNorm(_GROUPS, c), nn.ReLU(), pool)
         blocks: list[nn.Module] = []
         cin = 64
         for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
@@ -298,6 +313,8 @@ class ResNet18(WidthScalable, nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         stem = self.stem
         x = stem[2](stem[1](self.scale(stem[0](x))))
+        if len(stem) > 3:  # the ImageNet stem's max-pool
+            x = stem[3](x)
         x = self.blocks(x)
         return self.fc(nn.functional.adaptive_avg_pool2d(x, 1).flatten(1))
 

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 
 from workloads.base import Dataset, DatasetMeta, Workload
-from workloads.vision import IMAGE_MODELS
+from workloads.vision import IMAGE_MODELS, resolve_cut
 
 if TYPE_CHECKING:
     import torch
@@ -77,7 +77,9 @@ class ShapesParams:
     num_classes takes the first classes of ``SHAPES``; max_rotation_deg jitters every
     shape's orientation (kept below 22.5 so plus and X, or the bars, stay distinct).
     side: image height and width; channels: 1 (grayscale) or 3 (colours drawn per image,
-    independent of the class); model: ``cnn`` (the small CNN) or one of ``IMAGE_MODELS``.
+    independent of the class); model: ``cnn`` (the small CNN) or one of ``IMAGE_MODELS``;
+    cut: where split-learning algorithms cut the model, one of ``CUTS[model]``
+    (``workloads/vision.py``; empty: the model's default, the first).
     """
 
     train_samples: int = 20000
@@ -88,6 +90,7 @@ class ShapesParams:
     side: int = SIDE
     channels: int = 1
     model: str = "cnn"
+    cut: str = ""
 
     def __post_init__(self) -> None:
         if self.train_samples < 1:
@@ -108,6 +111,7 @@ class ShapesParams:
             raise ValueError(f"channels must be 1 or 3 (got {self.channels})")
         if self.model not in MODELS:
             raise ValueError(f"model must be one of {', '.join(MODELS)} (got {self.model!r})")
+        resolve_cut(self.model, self.cut)
 
 
 def _box(a: np.ndarray, b: np.ndarray, half_a: np.ndarray, half_b: np.ndarray) -> np.ndarray:
@@ -225,6 +229,10 @@ class Shapes(Workload):
         }
         (x_train, y_train), (x_test, y_test) = gen[_TRAIN], gen[_TEST]
         return Dataset(x_train, y_train, x_test, y_test, num_classes=p.num_classes)
+
+    def cut_name(self) -> str:
+        """Where split learning cuts the model: ``workload.cut``, or the model's default."""
+        return resolve_cut(self.params.model, self.params.cut)
 
     def model(self, dataset_meta: DatasetMeta) -> torch.nn.Module:
         from workloads.models import ShapesCNN, image_model

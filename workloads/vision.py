@@ -3,7 +3,8 @@
 ``workload.name`` is the data set: ``mnist``, ``fashion_mnist``, ``emnist``, ``cifar10`` or
 ``cifar100``; ``workload.root`` the folder torchvision downloads into (it holds ``MNIST/``,
 ``cifar-10-batches-py/``, ...), ``workload.model`` one of ``IMAGE_MODELS``
-(``workloads/models.py``). Nothing is downloaded unless ``workload.download=true``; a missing
+(``workloads/models.py``), ``workload.cut`` where split learning cuts it (``CUTS``,
+``workloads/split.py``). Nothing is downloaded unless ``workload.download=true``; a missing
 data set fails while the config is validated, in one line that names the expected files.
 
 Images stay uint8 (N, C, H, W) in memory (CIFAR-10: 150 MB instead of 600 MB as floats) and
@@ -28,7 +29,17 @@ if TYPE_CHECKING:
     import torch
 
 # The names in workloads/models.py, repeated here so validating a config needs no torch.
-IMAGE_MODELS = ("mnist_cnn", "cifar_cnn", "resnet18")
+IMAGE_MODELS = ("mnist_cnn", "cifar_cnn", "resnet18", "resnet18_ref")
+# Where split learning may cut each model (workloads/split.py), the default first; also the
+# Shapes workload's small CNN, ``cnn``. Here, like the names, so that a config's cut is checked
+# without torch.
+CUTS: dict[str, tuple[str, ...]] = {
+    "mnist_cnn": ("flatten", "conv1"),
+    "cifar_cnn": ("flatten",),
+    "resnet18": ("layer2", "layer1", "layer3"),
+    "resnet18_ref": ("layer2", "layer1", "layer3"),
+    "cnn": ("flatten", "conv1"),
+}
 # EMNIST splits whose labels are 0..K-1 (``letters`` numbers its 26 classes from 1).
 EMNIST_CLASSES = {"balanced": 47, "bymerge": 47, "byclass": 62, "digits": 10, "mnist": 10}
 
@@ -40,6 +51,15 @@ _MNIST_FILES = (
 )
 
 
+def resolve_cut(model: str, cut: str) -> str:
+    """The cut split learning makes in ``model``: ``cut``, or the model's default when empty.
+    Raises a one-line ValueError naming the valid cuts when ``model`` has no such cut."""
+    cuts = CUTS[model]
+    if cut and cut not in cuts:
+        raise ValueError(f"cut must be one of {', '.join(cuts)} for model {model} (got {cut!r})")
+    return cut or cuts[0]
+
+
 def absolute(path: str) -> str:
     """``~`` expanded and made absolute against the driver's directory: the server actor
     that reads the data may run in another directory or on another node."""
@@ -49,18 +69,22 @@ def absolute(path: str) -> str:
 @dataclass(frozen=True)
 class VisionParams:
     """root: the folder torchvision downloads into; download: fetch the data if missing
-    (needs internet); model: one of IMAGE_MODELS; augment: random crop + flip per batch."""
+    (needs internet); model: one of IMAGE_MODELS; augment: random crop + flip per batch;
+    cut: where split-learning algorithms cut the model, one of ``CUTS[model]`` (empty: the
+    model's default, the first; other algorithms ignore it)."""
 
     root: str = "~/data"
     download: bool = False
     model: str = "mnist_cnn"
     augment: bool = False
+    cut: str = ""
 
     def __post_init__(self) -> None:
         if not self.root:
             raise ValueError("root must name the data folder (got '')")
         if self.model not in IMAGE_MODELS:
             raise ValueError(f"model must be one of {', '.join(IMAGE_MODELS)} (got {self.model!r})")
+        resolve_cut(self.model, self.cut)
         object.__setattr__(self, "root", absolute(self.root))
 
 
@@ -161,6 +185,10 @@ class TorchvisionWorkload(Workload):
         from workloads.models import image_model
 
         return image_model(self.params.model, dataset_meta.input_shape, dataset_meta.num_classes)
+
+    def cut_name(self) -> str:
+        """Where split learning cuts the model: ``workload.cut``, or the model's default."""
+        return resolve_cut(self.params.model, self.params.cut)
 
     def to_tensor(self, x: np.ndarray) -> torch.Tensor:
         """uint8 images as floats standardised per channel with the data set's statistics."""

@@ -148,7 +148,10 @@ def build_config(raw: dict[str, Any]) -> Config:
         if not isinstance(body, dict):
             raise ConfigError(f"{section} must be a section (a mapping), e.g. {section}.name=...")
         body = dict(body)
-        name = body.pop("name", DEFAULT_NAMES[section])
+        default = DEFAULT_NAMES[section]
+        if section == "workload":  # e.g. split learning needs a model it can cut
+            default = ALGORITHMS[sections["algorithm"].name].default_workload or default
+        name = body.pop("name", default)
         try:
             cls = registry[str(name)]  # a built-in, or a plug-in imported now (engine/core/registry.py)
         except PluginError as e:

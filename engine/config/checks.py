@@ -86,6 +86,12 @@ def cross_checks(cfg: Any) -> None:
         )
     _training_checks(cfg, algorithm)
     _width_checks(cfg)
+    if hasattr(algorithm, "bind_cut") and not hasattr(cfg.workload.params, "cut"):
+        raise ConfigError(
+            f"algorithm {cfg.algorithm.name} splits the model at workload.cut, and workload "
+            f"{cfg.workload.name}'s model has no cut: use workload.name=shapes (the default for it) "
+            "or an image workload (mnist, fashion_mnist, emnist, cifar10, cifar100)"
+        )
     from algorithms.robust import AggregatorConfig, check_feasible
 
     aggregator = getattr(params, "aggregator", None)

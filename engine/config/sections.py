@@ -53,6 +53,9 @@ class ServerConfig:
     seconds_per_aggregation: float = 0.0
     seconds_per_update: float = 0.0
     seconds_per_mb: float = 0.0
+    # Split learning: seconds per example through the whole model, forward and backward, on
+    # the server; the server's part of a split model costs its share of the FLOPs.
+    seconds_per_sample: float = 0.0
     # Optional fine-tuning of every aggregate: `steps` SGD steps on a server dataset of
     # `data_samples` training examples held out from the clients (engine/worker/finetune.py).
     steps: int = 0
@@ -90,6 +93,7 @@ class ServerConfig:
             self.seconds_per_mb,
             self.steps * self.seconds_per_step,
             finetune=self.steps > 0,
+            seconds_per_sample=self.seconds_per_sample,
         )
 
     @property
@@ -131,7 +135,8 @@ class StopConfig:
     max_versions: int = 100  # global model versions (server updates); 0 = no limit
     max_sim_time: float = 0.0  # virtual seconds; 0 = no limit
     target_accuracy: float = 0.0  # stop at the first evaluated version reaching it; 0 = off
-    max_bytes: float = 0.0  # total bytes up + down; 0 = no limit
+    # Total bytes up + down; the run ends after the version (round) that crosses it; 0 = no limit.
+    max_bytes: float = 0.0
     # Stop before a release would spend more than this epsilon (algorithm.privacy, at its
     # delta), so no model beyond the budget is published; 0 = no budget.
     max_epsilon: float = 0.0

@@ -19,6 +19,7 @@ from algorithms.base import Payload, Task
 
 CLIENT = "client"  # a client's local training
 FINETUNE = "finetune"  # server-side fine-tuning of an aggregate (a server job)
+SERVER = "server"  # an algorithm's own server computation (``Algorithm.server_update``)
 
 
 @dataclass(frozen=True)

@@ -72,7 +72,7 @@ class Checkpoint:
     target_models: dict[int, np.ndarray]
     recorder: Any  # RunRecorder
     server: ServerQueue
-    server_work: tuple[ServerWork, ...]  # fine-tuning results are computed again on resume
+    server_work: tuple[ServerWork, ...]  # results computed on the pool are computed again on resume
     server_seq: int
     clip_history: np.ndarray  # AutoClip's global history (engine/core/clip_history.py)
 
@@ -90,7 +90,7 @@ def snapshot(sim: Simulation) -> bytes:
         versions.add(f.version)
         jobs.append((dataclasses.replace(f, output=None, held=None, staged=False), f.held is not None))
     work = tuple(
-        dataclasses.replace(w, model=None if w.job.finetune else w.model)
+        dataclasses.replace(w, model=None if w.job.on_pool else w.model)
         for w in sorted(s.server_work.values(), key=lambda w: w.seq)
     )
     ckpt = Checkpoint(

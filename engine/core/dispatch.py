@@ -14,7 +14,7 @@ from typing import Any
 
 import engine.core.clip_history as clip_history
 from algorithms.base import Job, ServerJob
-from engine.core.backend import JobSpec
+from engine.core.backend import FINETUNE, SERVER, JobOutput, JobSpec
 from engine.core.delays import DelayModel
 from engine.core.jobs import InFlight, ServerWork
 from engine.core.state import LoopState
@@ -36,6 +36,9 @@ def in_flight(s: LoopState, delays: DelayModel, shard_size: int, model_bytes: in
     if cost.round_trips:
         trip = delays.round_trip_time(c, cost.round_trip_bytes_up, cost.round_trip_bytes_down)
         exchange += cost.round_trips * trip
+    if cost.stream_uploads:
+        each = cost.stream_bytes_up / float(delays.up_bytes_per_s[c])
+        exchange += stream_overrun(compute, cost.stream_uploads, each)
     # With no exchange this adds 0.0, which leaves the float sum exactly as without it.
     bound = s.now + down + compute + exchange + float(delays.latency[c])
     return InFlight(
@@ -51,6 +54,43 @@ def in_flight(s: LoopState, delays: DelayModel, shard_size: int, model_bytes: in
         lower_bound=bound,
         exchange=exchange,
         cost=cost,
+    )
+
+
+def stream_overrun(compute: float, uploads: int, seconds_each: float) -> float:
+    """How long the uplink stays busy after the compute ends, for ``uploads`` streamed
+    uploads of ``seconds_each`` on the wire, evenly spaced from the compute's start (the
+    k-th of n ready at k/n of it, k from 0: every Q-th step from the first), each waiting
+    for the one before it."""
+    busy_until = 0.0
+    for k in range(uploads):
+        busy_until = max(busy_until, compute * k / uploads) + seconds_each
+    return max(0.0, busy_until - compute)
+
+
+def final_upload(f: InFlight, out: JobOutput) -> int:
+    """The bytes of the upload that ends ``f``: what it really sent, or what its cost fixed."""
+    return out.bytes_up if f.cost.bytes_up is None else f.cost.bytes_up
+
+
+def bytes_uploaded(f: InFlight, out: JobOutput) -> int:
+    """Everything ``f`` sent: its final upload, its exchanges' and its streamed uploads."""
+    cost = f.cost
+    return (
+        final_upload(f, out)
+        + cost.round_trips * cost.round_trip_bytes_up
+        + cost.stream_uploads * cost.stream_bytes_up
+    )
+
+
+def finish_time(delays: DelayModel, f: InFlight, out: JobOutput) -> float:
+    """When ``f`` ends: its upload of what it really sent follows its compute."""
+    return (
+        f.dispatch_time
+        + f.download
+        + f.compute
+        + f.exchange
+        + delays.upload_time(f.client, final_upload(f, out))
     )
 
 
@@ -81,11 +121,19 @@ def job_spec(cfg: Any, s: LoopState, delays: DelayModel, loop_wall_start: float,
 
 
 def server_work(s: LoopState, job: ServerJob) -> ServerWork:
-    """Put ``job`` on the server queue now. Without fine-tuning its result is its own model,
-    known at once and due at its finish."""
+    """Put ``job`` on the server queue now. Unless it is computed on the pool, its result is
+    its own model, known at once and due at its finish."""
     w = ServerWork(s.server_seq, job, s.now, *s.server.schedule(s.now, job.seconds))
     s.server_seq += 1
     s.server_work[w.uid] = w
-    if not job.finetune:
+    if not job.on_pool:
         w.model = job.model
     return w
+
+
+def server_spec(cfg: Any, w: ServerWork) -> JobSpec:
+    """The pool's job for server work ``w``: fine-tuning on the server's examples, or the
+    algorithm's ``server_update`` with the job's inputs (they travel as its client state)."""
+    if w.job.compute:
+        return JobSpec(w.uid, -1, w.job.key, cfg.server.finetune_task, 0, w.job.inputs, w.finish, kind=SERVER)
+    return JobSpec(w.uid, -1, w.job.key, cfg.server.finetune_task, 0, urgency=w.finish, kind=FINETUNE)

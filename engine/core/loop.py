@@ -27,7 +27,7 @@ import algorithms.attacks as attacks
 from algorithms import ALGORITHMS
 from algorithms.base import Algorithm, Update
 from engine.core import binding, checkpoint, clip_history, dispatch
-from engine.core.backend import FINETUNE, Backend, JobOutput, JobSpec, LoadState, OnOutputs
+from engine.core.backend import Backend, JobOutput, LoadState, OnOutputs
 from engine.core.clock import Priority
 from engine.core.delays import DelayModel
 from engine.core.jobs import InFlight, ServerWork, assign_stacks
@@ -246,10 +246,8 @@ class Simulation:
         self.backend.enqueue(spec, ref, f.lower_bound)
 
     def send_server_work(self, w: ServerWork) -> None:
-        """Fine-tune ``w``'s model on the backend; its result is due at ``w.finish``."""
-        task = self.cfg.server.finetune_task
-        spec = JobSpec(w.uid, -1, w.job.key, task, 0, urgency=w.finish, kind=FINETUNE)
-        self.backend.enqueue(spec, self.backend.put(w.job.model), w.finish)
+        """Compute ``w`` on the backend; its result is due at ``w.finish``."""
+        self.backend.enqueue(dispatch.server_spec(self.cfg, w), self.backend.put(w.job.model), w.finish)
 
     def _drop_job(self, f: InFlight) -> None:
         """The algorithm discarded an in-flight job: forget it, compute it not at all if
@@ -281,12 +279,7 @@ class Simulation:
                 s.client_states.stage(f.seq, out.client_state)
                 f.staged, out = True, replace(out, client_state=None)
             f.output = out
-            s.ready.push(self._finish_time(f, out), Priority.COMPLETION, f, seq=f.seq)
-
-    def _finish_time(self, f: InFlight, out: JobOutput) -> float:
-        """When ``f`` ends: its upload of what it really sent follows its compute."""
-        up = out.bytes_up if f.cost.bytes_up is None else f.cost.bytes_up
-        return f.dispatch_time + f.download + f.compute + f.exchange + self.delays.upload_time(f.client, up)
+            s.ready.push(dispatch.finish_time(self.delays, f, out), Priority.COMPLETION, f, seq=f.seq)
 
     def _server_result(self, w: ServerWork) -> None:
         """Server work's result is in: it is an event at the work's finish."""
@@ -322,9 +315,7 @@ class Simulation:
         else:
             out = f.output
             delta = self.algorithm.decode(out.payload, f.client)
-            cost = f.cost
-            up = out.bytes_up if cost.bytes_up is None else cost.bytes_up
-            up += cost.round_trips * cost.round_trip_bytes_up
+            up = dispatch.bytes_uploaded(f, out)
             s.recorder.bytes_up += up  # it crossed the network, whatever the server makes of it
             loss = out.metrics.get("train_loss")
             if not np.isfinite(delta).all():
@@ -338,7 +329,7 @@ class Simulation:
                     s.client_states.commit(f.seq, f.client)
                 s.clip_history = clip_history.merge(s.clip_history, out.extra, self.cfg.training.clip)
                 base = s.versions.params(f.version)
-                update = Update(f.client, delta, out.num_samples, f.version, base, out.payload)
+                update = Update(f.client, delta, out.num_samples, f.version, base, out.payload, out.extra)
                 byz, seed = self.cfg.clients.byzantine, self.cfg.seed
                 if byz.attack == "alie" and f.client in attacks.attacked_set(byz, len(self.sizes), seed):
                     # ALIE needs the honest updates of the aggregate, which no executor sees:

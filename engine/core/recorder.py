@@ -160,7 +160,7 @@ class RunRecorder(Plain):
         stop = self.cfg.stop
         if stop.max_versions and version >= stop.max_versions:
             return "max_versions"
-        if stop.max_bytes and self.bytes_up + self.bytes_down >= stop.max_bytes:
+        if stop.max_bytes and self._bytes_at_last_version() >= stop.max_bytes:
             return "max_bytes"
         if stop.max_epsilon and privacy is not None and self._epsilon(privacy.next) > stop.max_epsilon:
             # Before the release that would exceed the budget: no model beyond it is published.
@@ -174,6 +174,12 @@ class RunRecorder(Plain):
             # run bounded only by max_versions would go on forever.
             return "stalled: many jobs ended without a new global version"
         return ""
+
+    def _bytes_at_last_version(self) -> float:
+        """Bytes moved when the latest version was published: ``stop.max_bytes`` ends a run
+        after the version (the round) that crosses it, as FSL-SAGE's ``comm_threshold_mb``."""
+        at = self.versions.get(self.last_version)
+        return 0.0 if at is None else at["bytes_up"] + at["bytes_down"]
 
     def progress(self, now: float, in_flight: int) -> dict[str, Any]:
         return {

@@ -29,6 +29,7 @@ COLUMNS = [
     "best_accuracy",
     "time_to_target",
     "wall_time_to_target",
+    "bytes_to_target",
     "sim_time",
     "wall_time",
     "versions",
@@ -47,6 +48,14 @@ def time_to(metrics: list[dict[str, Any]], target: float) -> tuple[float | None,
         if target and m["accuracy"] >= target:
             return m["sim_time"], m["wall_time"]
     return None, None
+
+
+def bytes_to(metrics: list[dict[str, Any]], target: float) -> float | None:
+    """Bytes moved (up and down) by the first evaluated version reaching ``target``."""
+    for m in metrics:
+        if target and m["accuracy"] >= target:
+            return float(m["bytes_up"] + m["bytes_down"])
+    return None
 
 
 def max_drop(metrics: list[dict[str, Any]]) -> float:
@@ -77,6 +86,7 @@ def comparison_rows(spec: StudySpec, cells: list[Cell], results: dict[str, dict[
                 "max_drop": max_drop(r["metrics"]),
                 "time_to_target": ttt,
                 "wall_time_to_target": wtt,
+                "bytes_to_target": bytes_to(r["metrics"], spec.target_accuracy),
                 "sim_time": s["sim_time"],
                 "wall_time": s["wall_time"],
                 "versions": s["versions"],
@@ -116,21 +126,24 @@ def markdown(table: pd.DataFrame, target: float) -> str:
         max_staleness=("max_staleness", "max"),
         mbytes=("bytes_total", lambda x: x.mean() / 1e6),
         idle=("client_idle_fraction", "mean"),
+        mb_to_target=("bytes_to_target", lambda x: spread(x / 1e6)),
     ).reset_index()
     head = (
         f"| profile | algorithm | time to {target:g} (virtual s) | wall s to target | reached | "
-        "final accuracy | max drop | mean / max staleness | MB moved | client idle |"
+        "final accuracy | max drop | mean / max staleness | MB moved | client idle | MB to target |"
     )
-    lines = [head, "|" + "---|" * 10]
+    lines = [head, "|" + "---|" * 11]
     for r in agg.to_dict("records"):
         wtt = "-" if pd.isna(r["wall_to_target"]) else f"{r['wall_to_target']:.1f}"
         lines.append(
             f"| {r['profile']} | {r['algorithm']} | {r['time_to_target']} | {wtt} | "
             f"{r['reached']}/{r['seeds']} | {r['final_accuracy']} | {r['max_drop']:.3f} | "
-            f"{r['mean_staleness']:.2f} / {r['max_staleness']} | {r['mbytes']:.2f} | {r['idle']:.2f} |"
+            f"{r['mean_staleness']:.2f} / {r['max_staleness']} | {r['mbytes']:.2f} | {r['idle']:.2f} | "
+            f"{r['mb_to_target']} |"
         )
     note = (
-        "Time to target and final accuracy: mean ± std (min-max) over the seeds (that reached it). "
+        "Time (and MB moved) to target and final accuracy: mean ± std (min-max) over the seeds "
+        "(that reached it). "
         "Max drop: the largest fall of test accuracy below its best so far, mean over the seeds."
     )
     return "\n".join(lines) + f"\n\n{note}\n"
@@ -152,32 +165,42 @@ def seed_band(
     return stacked.mean(axis=0), stacked.min(axis=0), stacked.max(axis=0)
 
 
-def plot_study(cells: list[Cell], results: dict[str, dict[str, Any]], target: float, path: Path) -> None:
-    """Accuracy against virtual time, one panel per profile: each algorithm's mean over the
-    seeds as a line, shaded between its worst and its best seed."""
+# What a study's accuracy plots put on the x axis: a metrics row's value, its label.
+AXES = {
+    "sim_time": (lambda m: m["sim_time"], "virtual time (s)"),
+    "bytes": (lambda m: (m["bytes_up"] + m["bytes_down"]) / 1e6, "MB moved (up + down)"),
+}
+
+
+def plot_study(
+    cells: list[Cell], results: dict[str, dict[str, Any]], target: float, path: Path, x: str = "sim_time"
+) -> None:
+    """Accuracy against virtual time (or bytes moved, ``x="bytes"``), one panel per profile:
+    each algorithm's mean over the seeds as a line, shaded between its worst and best seed."""
+    value, label = AXES[x]
     profiles = list(dict.fromkeys(c.profile for c in cells))
-    end = max(r["summary"]["sim_time"] for r in results.values())
-    grid = np.linspace(0.0, end, 400)
+    ends = {c.label: float(value(results[c.label]["summary"])) for c in cells}
+    grid = np.linspace(0.0, max(ends.values()), 400)
     fig, axes = plt.subplots(1, len(profiles), figsize=(5.0 * len(profiles), 3.8), squeeze=False)
     for ax, prof in zip(axes[0], profiles, strict=True):
         for alg in dict.fromkeys(c.algorithm for c in cells):
-            runs = [results[c.label] for c in cells if (c.profile, c.algorithm) == (prof, alg)]
+            mine = [c for c in cells if (c.profile, c.algorithm) == (prof, alg)]
             curves = [
                 (
-                    np.array([m["sim_time"] for m in r["metrics"]], dtype=float),
-                    np.array([m["accuracy"] for m in r["metrics"]]),
-                    float(r["summary"]["sim_time"]),
+                    np.array([value(m) for m in results[c.label]["metrics"]], dtype=float),
+                    np.array([m["accuracy"] for m in results[c.label]["metrics"]]),
+                    ends[c.label],
                 )
-                for r in runs
+                for c in mine
             ]
             mean, low, high = seed_band(curves, grid)
-            (line,) = ax.plot(grid, mean, label=alg if len(runs) == 1 else f"{alg} ({len(runs)} seeds)")
-            if len(runs) > 1:
+            (line,) = ax.plot(grid, mean, label=alg if len(mine) == 1 else f"{alg} ({len(mine)} seeds)")
+            if len(mine) > 1:
                 ax.fill_between(grid, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
         if target:
             ax.axhline(target, color="grey", linestyle=":", linewidth=1)
         ax.set_title(f"profile: {prof}")
-        ax.set_xlabel("virtual time (s)")
+        ax.set_xlabel(label)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("test accuracy (band: min-max over seeds)")
     axes[0][-1].legend(fontsize=8)
@@ -199,6 +222,7 @@ def write_study(
         table.to_csv(tmp / "comparison.csv", index=False)
         (tmp / "comparison.md").write_text(markdown(table, spec.target_accuracy))
         plot_study(cells, results, spec.target_accuracy, tmp / "accuracy.png")
+        plot_study(cells, results, spec.target_accuracy, tmp / "accuracy_bytes.png", x="bytes")
         meta = {
             "experiments": len(cells),
             "wall_time": wall,

@@ -203,7 +203,7 @@ class ExecutorPool:
         for q in items:
             if q.params_ref not in refs:
                 refs.append(q.params_ref)
-            state = self.load_state(q.spec.client) if q.spec.kind == CLIENT else None
+            state = self.load_state(q.spec.client) if q.spec.kind == CLIENT else q.spec.client_state
             specs.append(replace(q.spec, param_slot=refs.index(q.params_ref), client_state=state))
         call = Call(slot, slot.actor, items)
         stream = slot.actor.run.options(num_returns="streaming").remote(specs, *refs)

@@ -16,7 +16,8 @@ from algorithms import ALGORITHMS
 from algorithms.attacks import EXECUTOR_ATTACKS, ByzantineConfig, attack_update, attacked_set, flip_labels
 from algorithms.base import payload_bytes, skipped_upload
 from algorithms.task import LocalTraining
-from engine.core.backend import FINETUNE, JobOutput, JobSpec
+from engine.core.backend import FINETUNE, SERVER, JobOutput, JobSpec
+from engine.core.binding import bind_cut
 from engine.core.rng import int_seed, stream
 from engine.worker.data import RunData
 from workloads import WORKLOADS, DatasetMeta, ParamLayout
@@ -83,6 +84,7 @@ class Worker:
         self.workload = WORKLOADS[spec.workload](spec.workload_params)
         self.algorithm = ALGORITHMS[spec.algorithm](spec.algorithm_params, spec.training, data.shards.sizes)
         self.meta = DatasetMeta.of(self.dataset)
+        bind_cut(self.algorithm, self.workload, self.meta, spec.seed)  # split learning's cut
         from engine.worker.training import seed_global
 
         seed_global(int_seed(spec.seed, "init"), torch.device("cpu"))  # built on the CPU, then moved
@@ -106,6 +108,8 @@ class Worker:
             return self._run_stack(batch)
         if job.kind == FINETUNE:
             return [self._finetune(job, start)]
+        if job.kind == SERVER:
+            return [self._server_update(job, start)]
         return [self._run_one(job, start)]
 
     def _cache_on_device(self) -> Any:
@@ -220,6 +224,18 @@ class Worker:
             self._finetuner = FineTuner(self.workload, self.meta, x, y, self.spec.seed)
         model = self._finetuner(start, job.task, job.job_index)
         return JobOutput(job.uid, {"model": model}, 0, int(model.nbytes), None, {})
+
+    def _server_update(self, job: JobSpec, start: np.ndarray) -> JobOutput:
+        """The algorithm's own server work (``Algorithm.server_update``) from the job's model and
+        inputs, keyed by the job's key so its result depends on nothing else."""
+        from engine.worker.training import seed_global
+
+        self.layout.load(self.model, start)
+        seed_global(int_seed(self.spec.seed, "server_update_global", job.job_index), self.device)
+        key = int_seed(self.spec.seed, "server_update", job.job_index)
+        generator = self.torch.Generator().manual_seed(key)
+        result = self.algorithm.server_update(self.model, job.client_state, job.job_index, generator)
+        return JobOutput(job.uid, {"model": result}, 0, int(result.nbytes), None, {})
 
     def evaluate(self, params: np.ndarray) -> dict[str, float]:
         """Metrics of ``params`` on the global test set (accuracy, loss) and, with local

@@ -103,6 +103,16 @@ ACROSS = {
         "algorithm.mask_classifier=true",
         "workload.hidden=[16,16]",
     ),
+    # split learning: server jobs computed on the pool (steps on activations, alignments)
+    "fsl_sage": (
+        "algorithm.clients_per_round=6",
+        "algorithm.align_every=2",
+        "algorithm.align_epochs=2",
+        "workload.name=shapes",
+        "workload.train_samples=600",
+        "workload.test_samples=100",
+        "server.seconds_per_sample=0.001",
+    ),
 }
 
 

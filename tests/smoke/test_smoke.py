@@ -19,6 +19,7 @@ def tiny(*overrides: str) -> Config:
     return conftest.tiny("executors.backend=local", *overrides)
 
 
+SHAPES = ("workload.name=shapes", "workload.train_samples=480", "workload.test_samples=100")
 # Per-algorithm sizes for a 12-client run; algorithms not listed use their defaults.
 SIZE: dict[str, tuple[str, ...]] = {
     **{
@@ -34,6 +35,9 @@ SIZE: dict[str, tuple[str, ...]] = {
     "pfl": ("server.steps=2", "server.data_samples=100", "server.seconds_per_step=0.01"),
     # sub-models need hidden layers to narrow: Synthetic's MLP, each client's width drawn per round
     "heterofl": ("workload.hidden=[16,16]", "algorithm.rate_mode=random", "algorithm.clients_per_round=4"),
+    # split learning cuts a CNN: Synthetic's model has no layer to cut, so small Shapes
+    **{n: (*SHAPES, "algorithm.clients_per_round=4") for n in ("splitfed", "splitfed_v2", "cse_fsl")},
+    "fsl_sage": (*SHAPES, "algorithm.clients_per_round=4", "algorithm.align_epochs=10"),
 }
 
 

@@ -54,6 +54,7 @@ def row(alg: str, seed: int, ttt: float | None, final: float) -> dict[str, Any]:
         "time_to_target": ttt,
         "max_drop": 0.1 * seed,
         "wall_time_to_target": None if ttt is None else 2 * ttt,
+        "bytes_to_target": None if ttt is None else 1e5 * ttt,
         "mean_staleness": 1.0,
         "max_staleness": 3,
         "bytes_total": 2e6,
@@ -69,7 +70,7 @@ def test_markdown_shows_the_spread_beside_each_time_to_target() -> None:
     # a: times 10, 14 -> mean 12, std sqrt(8) = 2.8; finals 0.8, 0.9 -> 0.85 ± 0.071;
     # max drops 0 and 0.1 -> 0.05
     a = "| p | a | 12 ± 2.8 (10-14) | 24.0 | 2/2 | 0.85 ± 0.071 (0.8-0.9) | 0.050 | 1.00 / 3 | 2.00 | 0.50 |"
-    assert a in text
+    assert a + " 1.2 ± 0.28 (1-1.4) |" in text  # MB to target: 1e5 bytes per virtual second
     # b: one seed of two reached the target: its time alone
     assert "| p | b | 6 | 12.0 | 1/2 | 0.6 ± 0.14 (0.5-0.7) | 0.050 |" in text
     assert "mean ± std (min-max)" in text
@@ -81,16 +82,23 @@ def test_plot_has_a_band_per_algorithm(tmp_path: Path) -> None:
     results = {
         c.label: {
             "metrics": [
-                {"sim_time": 0.0, "accuracy": 0.1},
-                {"sim_time": 1.0 + c.seed, "accuracy": 0.5 + 0.1 * c.seed},
+                {"sim_time": 0.0, "accuracy": 0.1, "bytes_up": 0, "bytes_down": 0},
+                {
+                    "sim_time": 1.0 + c.seed,
+                    "accuracy": 0.5 + 0.1 * c.seed,
+                    "bytes_up": 4e6,
+                    "bytes_down": 1e6,
+                },
             ],
-            "summary": {"sim_time": 3.0},
+            "summary": {"sim_time": 3.0, "bytes_up": 8e6, "bytes_down": 2e6},
         }
         for c in cells
     }
     path = tmp_path / "accuracy.png"
     plot_study(cells, results, 0.5, path)
     assert path.stat().st_size > 1000
+    plot_study(cells, results, 0.5, tmp_path / "bytes.png", x="bytes")  # accuracy against MB moved
+    assert (tmp_path / "bytes.png").stat().st_size > 1000
 
 
 STUDY = """
