@@ -86,6 +86,11 @@ def cross_checks(cfg: Any) -> None:
         )
     _training_checks(cfg, algorithm)
     _width_checks(cfg)
+    if cfg.server.seconds_per_sample and not hasattr(algorithm, "bind_cut"):
+        raise ConfigError(
+            f"server.seconds_per_sample prices the server's part of a split model, and algorithm "
+            f"{cfg.algorithm.name} splits none: leave it at 0 (a study entry can set it for its own runs)"
+        )
     if hasattr(algorithm, "bind_cut") and not hasattr(cfg.workload.params, "cut"):
         raise ConfigError(
             f"algorithm {cfg.algorithm.name} splits the model at workload.cut, and workload "

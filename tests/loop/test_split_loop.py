@@ -218,4 +218,5 @@ def test_runs_from_the_cli_and_the_study_command(tmp_path: Path) -> None:
     assert study.main(["--config", str(f), f"out_dir={tmp_path / 'study'}", "--quiet"]) == 0
     table = pd.read_csv(tmp_path / "study" / "comparison.csv")
     assert sorted(table.algorithm) == ["cse", "v1"]
-    assert cli.main(["algorithm.name=splitfed", "workload.name=synthetic"]) == 2
+    assert cli.main(["algorithm.name=splitfed", "workload.name=synthetic"]) == 2  # nothing to cut
+    assert cli.main(["algorithm.name=fedavg", "server.seconds_per_sample=0.1"]) == 2  # no server part
