@@ -136,7 +136,7 @@ class CMFL(FedAvg):
         client_state: Any,
         generator: torch.Generator,
     ) -> ClientResult:
-        from algorithms.scaffold import trainable_mask
+        from algorithms.control_sgd import trainable_mask
         from workloads.base import ParamLayout
 
         layout = ParamLayout.of(model)

@@ -28,7 +28,7 @@ How it crosses the contract (algorithms/base.py):
   ``Task`` with one more field, ``control``, the vector the client needs from the server
   (here ``c``; FedAvg-M's momentum buffer, SCAFFOLD-M's mix of both). The job states the
   doubled download: ``JobCost(bytes_down=2 * model bytes)``.
-* **Up.** ``client_update`` (its own local loop, ``corrected_sgd`` below: minibatches from
+* **Up.** ``client_update`` (its own local loop, algorithms/control_sgd.py ``corrected_sgd``: minibatches from
   ``batch_indices`` and the job's generator, so runs stay deterministic) returns the new
   ``c_i`` and ``Delta c_i`` together; ``encode`` uploads ``{"delta": x - y, "control":
   Delta c_i}`` (twice the model's bytes, charged as the payload's real size) and keeps the
@@ -240,6 +240,7 @@ class ControlRounds(Algorithm[ControlState]):
         client_state: Any,
         generator: torch.Generator,
     ) -> ClientResult:
+        from algorithms.control_sgd import corrected_sgd, trainable_mask
         from workloads.base import ParamLayout
 
         if not isinstance(task, ControlTask) or task.control is None:
@@ -308,76 +309,3 @@ def add_mean_controls(control: np.ndarray, updates: tuple[Update, ...], num_clie
     for u in updates:
         total += np.asarray(u.payload["control"], dtype=np.float64)
     return (np.asarray(control, np.float64) + total / num_clients).astype(np.float32)
-
-
-def trainable_mask(model: torch.nn.Module, layout: Any) -> np.ndarray:
-    """Which entries of the flat vector (``ParamLayout``) are trainable parameters."""
-    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
-    parts = [
-        np.full(math.prod(shape), name in trainable, dtype=bool)
-        for name, shape in zip(layout.names, layout.shapes, strict=True)
-    ]
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
-
-
-def corrected_sgd(
-    model: torch.nn.Module,
-    data: ClientData,
-    task: Task,
-    generator: torch.Generator,
-    *,
-    beta: float = 1.0,
-    offset: np.ndarray | None = None,
-    track: bool = False,
-) -> tuple[float, np.ndarray | None]:
-    """``task.steps`` local steps ``y <- y - lr * (beta * g(y) + offset)`` on ``model`` in
-    place, ``g`` the minibatch gradient (plus ``weight_decay * y``), ``offset`` a constant
-    flat vector in the ``ParamLayout`` order (None: zero). The minibatches are those of
-    ``local_sgd`` (``batch_indices`` with the job's generator); with ``beta`` 1 and no
-    offset the steps are torch's plain SGD, bit for bit. Returns the mean training loss and,
-    with ``track``, the sum of the gradients ``g`` over the steps (flat float32)."""
-    import torch
-
-    from engine.worker.training import batch_indices
-    from workloads.base import ParamLayout
-
-    layout = ParamLayout.of(model)
-    named = dict(model.named_parameters())
-    pieces: list[tuple[torch.nn.Parameter, int, int]] = []  # (parameter, start, end) in the flat vector
-    seen: set[int] = set()
-    at = 0
-    for name, shape in zip(layout.names, layout.shapes, strict=True):
-        n = math.prod(shape)
-        p = named.get(name)
-        if p is not None and p.requires_grad and id(p) not in seen:
-            pieces.append((p, at, at + n))
-            seen.add(id(p))
-        at += n
-    if task.steps <= 0 or len(data) == 0:
-        return float("nan"), (np.zeros(at, dtype=np.float32) if track else None)
-    device = data.x.device
-    off = None if offset is None else torch.from_numpy(np.array(offset, dtype=np.float32)).to(device)
-    grad_sum = torch.zeros(at, device=device) if track else None
-    model.train()
-    total = torch.zeros((), device=device)
-    for idx in batch_indices(len(data), task.steps, task.batch_size, generator):
-        model.zero_grad(set_to_none=True)
-        x = data.x[idx] if data.augment is None else data.augment(data.x[idx], generator)
-        loss = data.loss_fn(model(x), data.y[idx])
-        loss.backward()
-        with torch.no_grad():
-            for p, lo, hi in pieces:
-                g = p.grad if p.grad is not None else torch.zeros_like(p)
-                if task.weight_decay != 0:
-                    g = g.add(p, alpha=task.weight_decay)
-                if grad_sum is not None:
-                    grad_sum[lo:hi].add_(g.reshape(-1))
-                if beta != 1.0:
-                    g = g.mul(beta)
-                if off is not None:
-                    g = g.add(off[lo:hi].view_as(p))
-                p.add_(g, alpha=-task.lr)
-        total += loss.detach()
-    model.zero_grad(set_to_none=True)  # the executor's cached model keeps no gradient memory
-    sums = None if grad_sum is None else grad_sum.cpu().numpy()
-    return float(total) / task.steps, sums
