@@ -49,7 +49,8 @@ class Simulation(Protocol):
     def evaluate(self, version: int) -> None: ...
 
 
-FORMAT = 5  # 4: data only (engine/core/serial.py), with the fedray version and config; 5: clip_history
+FORMAT = 6  # 4: data only (engine/core/serial.py), with the fedray version and config; 5: clip_history;
+# 6: job costs with streamed uploads, server jobs computed by the algorithm (split learning)
 
 
 @dataclass(frozen=True)
