@@ -207,12 +207,13 @@ def test_runs_from_the_cli_and_the_study_command(tmp_path: Path) -> None:
     out = tmp_path / "cli"
     # no workload named: split learning gets shapes, whose CNN it can cut
     args = ["algorithm.name=fsl_sage", "executors.backend=local", "stop.max_versions=1", "clients.num=10"]
-    assert cli.main([*args, "workload.train_samples=500", f"out_dir={out}", "--quiet"]) == 0
+    small = ("workload.train_samples=300", "workload.test_samples=100", "workload.side=16")
+    assert cli.main([*args, *small, f"out_dir={out}", "--quiet"]) == 0
     assert yaml.safe_load((out / "config.yaml").read_text())["workload"]["name"] == "shapes"
     f = tmp_path / "s.yaml"
     f.write_text(
         "study:\n  algorithms:\n    v1: {name: splitfed}\n    cse: {name: cse_fsl}\n  seeds: [0]\n"
-        "workload: {name: shapes, train_samples: 300, test_samples: 50}\nclients: {num: 4}\n"
+        "workload: {name: shapes, side: 16, train_samples: 200, test_samples: 50}\nclients: {num: 4}\n"
         "algorithm: {clients_per_round: 4}\nexecutors: {backend: local}\nstop: {max_versions: 2}\n"
     )
     assert study.main(["--config", str(f), f"out_dir={tmp_path / 'study'}", "--quiet"]) == 0

@@ -19,7 +19,12 @@ def tiny(*overrides: str) -> Config:
     return conftest.tiny("executors.backend=local", *overrides)
 
 
-SHAPES = ("workload.name=shapes", "workload.train_samples=480", "workload.test_samples=100")
+SHAPES = (
+    "workload.name=shapes",
+    "workload.side=16",
+    "workload.train_samples=480",
+    "workload.test_samples=100",
+)
 # Per-algorithm sizes for a 12-client run; algorithms not listed use their defaults.
 SIZE: dict[str, tuple[str, ...]] = {
     **{
