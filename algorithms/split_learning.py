@@ -23,6 +23,7 @@ what an update does on arrival (``absorb``) and what the server's jobs return
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -180,8 +181,9 @@ class SplitRounds(Algorithm[SplitState]):
         rows = rules.step_rows(int(self.client_sizes[client]), task.steps, task.batch_size)
         return extend_task(task, SplitTask, **extra), rows
 
+    @abstractmethod
     def job_for(self, state: SplitState, client: int) -> Job:
-        raise NotImplementedError
+        """The client's job in the open round: its task and what it costs."""
 
     def on_update(self, state: SplitState, update: Update, now: float) -> SplitState:
         state = replace(
