@@ -123,9 +123,10 @@ def loop_seconds(summary: dict[str, Any]) -> float:
 
 
 def engine_stats(summary: dict[str, Any]) -> dict[str, float]:
-    """The pool's counters plus derived ratios (jobs per Ray call, mean wait)."""
-    e = dict(summary["engine"])
-    e["jobs_per_call"] = e["jobs"] / max(1, e["calls"])
+    """The backend's counters plus derived ratios (jobs per Ray call, mean wait). The
+    in-process backend makes no calls and never waits: its jobs count as one call each."""
+    e = {"calls": 0, "waits": 0, "wait_seconds": 0.0, **summary["engine"]}
+    e["jobs_per_call"] = e["jobs"] / max(1, e["calls"] or e["jobs"])
     e["wait_fraction"] = e["wait_seconds"] / max(1e-9, loop_seconds(summary))
     return e
 
