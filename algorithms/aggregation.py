@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from algorithms.base import Job, Task, sample_clients
+from algorithms.idle import IdleClients
 from algorithms.task import check_choice
 
 STALENESS_KINDS = ("const", "poly", "hinge")
@@ -104,7 +105,7 @@ def dispatch(
     task_for: Callable[[int], Task],
     in_flight: tuple[int, ...],
     target: int,
-    idle: np.ndarray,
+    idle: IdleClients,
     rng: np.random.Generator,
 ) -> tuple[tuple[int, ...], list[Job]]:
     """Top ``in_flight`` up to ``target`` jobs with clients sampled from ``idle``.

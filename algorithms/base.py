@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 import numpy as np
 
 import algorithms.codecs as codecs
+from algorithms.idle import IdleClients
 from algorithms.job import Job, JobCost, Payload, ServerCost, ServerJob, payload_bytes
 from algorithms.task import CLIP_NORMS_KEY, LocalTraining, Task
 
@@ -108,16 +109,16 @@ class AlgorithmState(Protocol):
 StateT = TypeVar("StateT", bound=AlgorithmState)
 
 
-def sample_clients(rng: np.random.Generator, idle: np.ndarray, k: int) -> np.ndarray:
+def sample_clients(rng: np.random.Generator, idle: IdleClients | np.ndarray, k: int) -> np.ndarray:
     """Uniformly sample ``min(k, len(idle))`` distinct clients, in draw order.
 
     Every algorithm samples through this one function so that two algorithms that
-    should coincide (FedBuff with K = concurrency and FedAvg) draw the same clients.
+    should coincide (FedBuff with K = concurrency and FedAvg) draw the same clients. An
+    array draws as ``rng.choice(idle, k, replace=False)``; the engine's ``IdleClients``
+    draws the same clients without listing the population (algorithms/idle.py).
     """
-    k = min(k, len(idle))
-    if k <= 0:
-        return np.empty(0, dtype=np.int64)
-    return np.asarray(rng.choice(idle, size=k, replace=False), dtype=np.int64)
+    view = idle if isinstance(idle, IdleClients) else IdleClients.of(idle)
+    return view.sample(rng, k)
 
 
 class Algorithm(ABC, Generic[StateT]):
@@ -181,10 +182,12 @@ class Algorithm(ABC, Generic[StateT]):
 
     @abstractmethod
     def jobs(
-        self, state: StateT, now: float, idle: np.ndarray, rng: np.random.Generator
+        self, state: StateT, now: float, idle: IdleClients, rng: np.random.Generator
     ) -> tuple[StateT, list[Job]]:
-        """Jobs to start at ``now``. ``idle``: sorted ids of available clients with no
-        job in flight. ``rng``: a stream keyed by this dispatch decision."""
+        """Jobs to start at ``now``. ``idle``: the available clients with no job in
+        flight, sorted (algorithms/idle.py: sample with ``sample_clients``, which does not
+        list a large population; iterating lists it). ``rng``: a stream keyed by this
+        dispatch decision."""
 
     @abstractmethod
     def on_update(self, state: StateT, update: Update, now: float) -> StateT: ...

@@ -36,6 +36,7 @@ import numpy as np
 from algorithms.aggregation import release
 from algorithms.base import ClientResult, Job, Payload, Task, Update, is_skipped
 from algorithms.fedavg import FedAvg, FedAvgParams, FedAvgState
+from algorithms.idle import IdleClients
 from algorithms.task import extend_task
 
 if TYPE_CHECKING:
@@ -107,7 +108,7 @@ class CMFL(FedAvg):
         return CMFLState(**{f.name: getattr(base, f.name) for f in dataclasses.fields(FedAvgState)})
 
     def jobs(
-        self, state: FedAvgState, now: float, idle: np.ndarray, rng: np.random.Generator
+        self, state: FedAvgState, now: float, idle: IdleClients, rng: np.random.Generator
     ) -> tuple[FedAvgState, list[Job]]:
         assert isinstance(state, CMFLState)
         if state.pending or state.aggregating is not None:

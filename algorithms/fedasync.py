@@ -33,6 +33,7 @@ from algorithms.aggregation import (
 )
 from algorithms.base import Algorithm, Job, Task, Update
 from algorithms.codecs import CodecConfig
+from algorithms.idle import IdleClients
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ class FedAsync(Algorithm[FedAsyncState]):
         return replace(task, prox_mu=self.params.rho) if self.params.rho > 0 else task
 
     def jobs(
-        self, state: FedAsyncState, now: float, idle: np.ndarray, rng: np.random.Generator
+        self, state: FedAsyncState, now: float, idle: IdleClients, rng: np.random.Generator
     ) -> tuple[FedAsyncState, list[Job]]:
         in_flight, jobs = dispatch(self.task_for, state.in_flight, self.params.concurrency, idle, rng)
         return replace(state, in_flight=in_flight), self.with_download_cost(jobs, state.model)

@@ -38,6 +38,7 @@ import numpy as np
 
 from algorithms.aggregation import release, weighted_average, weighted_sum
 from algorithms.base import Algorithm, Job, Task, Update, sample_clients
+from algorithms.idle import IdleClients
 
 ItemT = TypeVar("ItemT")
 
@@ -110,7 +111,7 @@ class FedAT(Algorithm[FedATState]):
         return replace(super().task_for(client), prox_mu=self.params.lam)
 
     def jobs(
-        self, state: FedATState, now: float, idle: np.ndarray, rng: np.random.Generator
+        self, state: FedATState, now: float, idle: IdleClients, rng: np.random.Generator
     ) -> tuple[FedATState, list[Job]]:
         if not state.tiers:  # profiling: every client not yet measured runs one job
             chosen = [int(c) for c in idle if np.isnan(state.latency[c])]

@@ -53,6 +53,7 @@ from algorithms.aggregation import check_choice, release
 from algorithms.attacks import ColludingUpdate, collude
 from algorithms.base import Algorithm, Job, ServerJob, Task, Update, sample_clients
 from algorithms.codecs import CodecConfig
+from algorithms.idle import IdleClients
 from algorithms.privacy import Ledger, PrivacyConfig
 from algorithms.robust import AggregatorConfig
 from algorithms.server_opt import ServerOptParams, ServerOptState
@@ -124,7 +125,7 @@ class FedAvg(Algorithm[FedAvgState]):
         return FedAvgState(model=np.array(model, dtype=np.float32), ledger=ledger)
 
     def jobs(
-        self, state: FedAvgState, now: float, idle: np.ndarray, rng: np.random.Generator
+        self, state: FedAvgState, now: float, idle: IdleClients, rng: np.random.Generator
     ) -> tuple[FedAvgState, list[Job]]:
         if state.pending or state.aggregating is not None:
             return state, []  # synchronous: the next round starts only when this one is done

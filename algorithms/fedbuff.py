@@ -45,6 +45,7 @@ from algorithms.aggregation import (
 from algorithms.attacks import ColludingUpdate, collude
 from algorithms.base import Algorithm, Job, Update
 from algorithms.codecs import CodecConfig
+from algorithms.idle import IdleClients
 from algorithms.privacy import Ledger, PrivacyConfig
 from algorithms.robust import AggregatorConfig, aggregate
 from algorithms.server_opt import ServerOptParams, ServerOptState
@@ -115,7 +116,7 @@ class FedBuff(Algorithm[FedBuffState]):
         return FedBuffState(model=np.array(model, dtype=np.float32), ledger=ledger)
 
     def jobs(
-        self, state: FedBuffState, now: float, idle: np.ndarray, rng: np.random.Generator
+        self, state: FedBuffState, now: float, idle: IdleClients, rng: np.random.Generator
     ) -> tuple[FedBuffState, list[Job]]:
         in_flight, jobs = dispatch(self.task_for, state.in_flight, self.params.concurrency, idle, rng)
         ledger = dp.dispatched(self.params.privacy, state.ledger, rng)  # the noise key, at the first

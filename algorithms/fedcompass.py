@@ -47,6 +47,7 @@ from algorithms.compass_schedule import (
     put_group,
     update_speed,
 )
+from algorithms.idle import IdleClients
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,7 @@ class FedCompass(Algorithm[FedCompassState]):
 
     # ---- dispatch ------------------------------------------------------------------------
     def jobs(
-        self, state: FedCompassState, now: float, idle: np.ndarray, rng: np.random.Generator
+        self, state: FedCompassState, now: float, idle: IdleClients, rng: np.random.Generator
     ) -> tuple[FedCompassState, list[Job]]:
         # Every client takes part: idle clients with nothing scheduled (at t=0, or back
         # after a drop) start now; held clients wait for their group's aggregation.

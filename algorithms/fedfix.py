@@ -41,6 +41,7 @@ import numpy as np
 
 from algorithms.aggregation import check_choice, descend, release, weighted_sum
 from algorithms.base import Algorithm, Job, Update
+from algorithms.idle import IdleClients
 
 WEIGHTS = ("fedfix", "identical")
 # Measured durations carry float error: 0.30000000000000004 / 0.1 must count 3 windows.
@@ -103,7 +104,7 @@ class FedFix(Algorithm[FedFixState]):
         return (window + 1) * self.params.delta_t
 
     def jobs(
-        self, state: FedFixState, now: float, idle: np.ndarray, rng: np.random.Generator
+        self, state: FedFixState, now: float, idle: IdleClients, rng: np.random.Generator
     ) -> tuple[FedFixState, list[Job]]:
         waiting = set(state.waiting)
         go = [int(c) for c in idle if int(c) not in waiting]

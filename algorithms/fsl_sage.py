@@ -30,6 +30,7 @@ import numpy as np
 import algorithms.split_rules as rules
 from algorithms.base import Job, Payload, ServerJob, Update
 from algorithms.cse_fsl import CseFsl, CseFslParams
+from algorithms.idle import IdleClients
 from algorithms.split_learning import SplitState
 
 if TYPE_CHECKING:
@@ -84,7 +85,7 @@ class FslSage(CseFsl):
             state = replace(state, aligning={**state.aligning, key: client})
         return state
 
-    def ready(self, state: SplitState, idle: set[int]) -> list[int]:
+    def ready(self, state: SplitState, idle: IdleClients) -> list[int]:
         waiting = set(state.aligning.values())
         return [c for c in state.queue if c in idle and c not in waiting]
 

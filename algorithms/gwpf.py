@@ -53,6 +53,7 @@ from algorithms.base import (
     sample_clients,
 )
 from algorithms.fedavg import WEIGHTINGS
+from algorithms.idle import IdleClients
 from algorithms.task import extend_task
 
 if TYPE_CHECKING:
@@ -145,7 +146,7 @@ class GWPF(Algorithm[GwpfState]):
         )
 
     def jobs(
-        self, state: GwpfState, now: float, idle: np.ndarray, rng: np.random.Generator
+        self, state: GwpfState, now: float, idle: IdleClients, rng: np.random.Generator
     ) -> tuple[GwpfState, list[Job]]:
         if state.pending:
             return state, []  # synchronous: the next round starts when this one is done

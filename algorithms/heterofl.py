@@ -46,6 +46,7 @@ import numpy as np
 import algorithms.heterofl_rules as rules
 from algorithms.aggregation import check_choice, release
 from algorithms.base import Algorithm, ClientResult, Job, JobCost, Payload, Task, Update, sample_clients
+from algorithms.idle import IdleClients
 from algorithms.task import extend_task
 from workloads.base import ParamLayout
 
@@ -152,7 +153,7 @@ class HeteroFL(Algorithm[HeteroFLState]):
         return HeteroFLState(model=np.array(model, dtype=np.float32))
 
     def jobs(
-        self, state: HeteroFLState, now: float, idle: np.ndarray, rng: np.random.Generator
+        self, state: HeteroFLState, now: float, idle: IdleClients, rng: np.random.Generator
     ) -> tuple[HeteroFLState, list[Job]]:
         if state.pending:
             return state, []  # synchronous: the next round starts when this one is done

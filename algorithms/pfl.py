@@ -39,6 +39,7 @@ import numpy as np
 
 from algorithms.aggregation import check_choice, release, weighted_average
 from algorithms.base import Algorithm, Job, ServerJob, Update
+from algorithms.idle import IdleClients
 
 WEIGHTINGS = ("uniform", "samples")
 Slots = tuple[tuple[np.ndarray, ...], ...]
@@ -90,7 +91,7 @@ class _PipelinedFL(Algorithm[PFLState]):
         return PFLState(model=x, slots=self._initial_slots(x), uploads=(0,) * n)
 
     def jobs(
-        self, state: PFLState, now: float, idle: np.ndarray, rng: np.random.Generator
+        self, state: PFLState, now: float, idle: IdleClients, rng: np.random.Generator
     ) -> tuple[PFLState, list[Job]]:
         # Forks take the model that exists now. The aggregation starts here, not in
         # on_update, and always as a server job (ending no earlier than now): even a

@@ -65,6 +65,7 @@ from algorithms.base import (
     Update,
     sample_clients,
 )
+from algorithms.idle import IdleClients
 from algorithms.task import extend_task
 
 if TYPE_CHECKING:
@@ -195,7 +196,7 @@ class ControlRounds(Algorithm[ControlState]):
         return self.init_state(np.array(model, dtype=np.float32))
 
     def jobs(
-        self, state: ControlState, now: float, idle: np.ndarray, rng: np.random.Generator
+        self, state: ControlState, now: float, idle: IdleClients, rng: np.random.Generator
     ) -> tuple[ControlState, list[Job]]:
         if state.pending:
             return state, []  # synchronous: the next round starts when this one is done

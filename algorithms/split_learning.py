@@ -33,6 +33,7 @@ import numpy as np
 import algorithms.split_rules as rules
 from algorithms.aggregation import check_choice, descend, release, weighted_average
 from algorithms.base import Algorithm, Job, ServerJob, Task, Update, sample_clients
+from algorithms.idle import IdleClients
 from algorithms.task import extend_task
 
 if TYPE_CHECKING:
@@ -152,7 +153,7 @@ class SplitRounds(Algorithm[SplitState]):
         return SplitState(model=np.array(model, dtype=np.float32), aux=self.aux_init)
 
     def jobs(
-        self, state: SplitState, now: float, idle: np.ndarray, rng: np.random.Generator
+        self, state: SplitState, now: float, idle: IdleClients, rng: np.random.Generator
     ) -> tuple[SplitState, list[Job]]:
         if not state.open:
             chosen = [int(c) for c in sample_clients(rng, idle, self.params.clients_per_round)]
@@ -161,7 +162,7 @@ class SplitRounds(Algorithm[SplitState]):
             server_part = state.model[self.sizes().client_entries :]
             state = self.open_round(replace(state, open=True, queue=tuple(chosen), server_part=server_part))
         # A queued client that is unavailable when its turn comes waits until it is back.
-        go = self.ready(state, {int(c) for c in idle})
+        go = self.ready(state, idle)
         state = replace(
             state, queue=tuple(c for c in state.queue if c not in go), pending=(*state.pending, *go)
         )
@@ -171,7 +172,7 @@ class SplitRounds(Algorithm[SplitState]):
         """A round's clients are chosen (``state.queue``): e.g. order them, start alignments."""
         return state
 
-    def ready(self, state: SplitState, idle: set[int]) -> list[int]:
+    def ready(self, state: SplitState, idle: IdleClients) -> list[int]:
         """The queued clients whose jobs start now (``idle``: those available): by default all."""
         return [c for c in state.queue if c in idle]
 

@@ -29,6 +29,7 @@ import numpy as np
 import algorithms.split_rules as rules
 from algorithms.aggregation import descend, weighted_average
 from algorithms.base import ClientResult, Job, Update
+from algorithms.idle import IdleClients
 from algorithms.split_learning import SplitParams, SplitRounds, SplitState, SplitTask
 
 if TYPE_CHECKING:
@@ -94,7 +95,7 @@ class SplitFedV2(SplitFed):
     def open_round(self, state: SplitState) -> SplitState:
         return replace(state, queue=tuple(sorted(state.queue)))
 
-    def ready(self, state: SplitState, idle: set[int]) -> list[int]:
+    def ready(self, state: SplitState, idle: IdleClients) -> list[int]:
         if state.pending:
             return []  # one client at a time: the server part is shared
         return next(([c] for c in state.queue if c in idle), [])

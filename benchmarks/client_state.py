@@ -29,6 +29,7 @@ import numpy as np
 from algorithms import ALGORITHMS
 from algorithms.base import ClientResult, Job
 from algorithms.fedavg import FedAvg, FedAvgState
+from algorithms.idle import IdleClients
 from benchmarks._common import config, parse_args, table, write_json
 
 STATE_FLOATS = 1_000_000
@@ -42,14 +43,13 @@ class FedAvgWithState(FedAvg):
     keep_state: ClassVar[bool] = True
 
     def jobs(
-        self, state: FedAvgState, now: float, idle: np.ndarray, rng: Any
+        self, state: FedAvgState, now: float, idle: IdleClients, rng: Any
     ) -> tuple[FedAvgState, list[Job]]:
         if state.pending or state.aggregating is not None:
             return state, []
         k = self.params.clients_per_round
         start = (state.version * k) % self.num_clients
-        free = set(idle.tolist())
-        chosen = [c for c in range(start, start + k) if c in free]
+        chosen = [c for c in range(start, start + k) if c in idle]
         jobs = [Job(c, self.task_for(c)) for c in chosen]
         return replace(state, pending=tuple(sorted(chosen)), quorum=len(chosen), round_start=now), jobs
 

@@ -257,7 +257,7 @@ def main() -> None:
     python = str(args.flower_python)
     size = {**(QUICK if args.quick else FULL)}
 
-    from engine.worker.data import load_data
+    from engine.worker.data import ShardIndex, load_data
 
     # The no-op runs train nothing and evaluate on a few test images: what is left is the
     # engines' own cost per round and per client call.
@@ -265,6 +265,7 @@ def main() -> None:
     sha1 = {}
     for kind, s in setups.items():
         data = load_data(fedray_config(s))
+        assert isinstance(data.shards, ShardIndex)  # shapes is loaded, not made on demand
         sha1[kind] = data_digest(data.dataset, data.shards.indices, data.shards.offsets)
         del data
     runs: dict[str, list[dict[str, Any]]] = {f"{e} {k}": [] for k in setups for e in ("fedray", "flower")}

@@ -19,6 +19,7 @@ import numpy as np
 
 from algorithms.aggregation import descend, release, weighted_sum
 from algorithms.base import Algorithm, Job, Update, sample_clients
+from algorithms.idle import IdleClients
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ class FedNova(Algorithm[FedNovaState]):
         return FedNovaState(model=np.array(model, dtype=np.float32))
 
     def jobs(
-        self, state: FedNovaState, now: float, idle: np.ndarray, rng: np.random.Generator
+        self, state: FedNovaState, now: float, idle: IdleClients, rng: np.random.Generator
     ) -> tuple[FedNovaState, list[Job]]:
         if state.pending:
             return state, []  # synchronous rounds

@@ -19,7 +19,9 @@ depend on luck), and each client's samples are split train/test locally, the tes
 pooled into the global test set.
 
 Client k's data comes from a generator keyed by ``(seed, purpose, k)``, so it does not
-change with ``num_clients``: growing the federation only adds clients.
+change with ``num_clients``: growing the federation only adds clients. The same key lets a
+run make each client's shard when a job needs it (``on_demand``): a population of a
+million holds no data but the test set, and each job regenerates its client's examples.
 """
 
 from __future__ import annotations
@@ -52,7 +54,11 @@ class SyntheticParams:
     power law (640 with test_fraction 0.2 is 512 training examples each), the data of each
     client otherwise unchanged. hidden: units of ReLU hidden layers between the features and
     the classes (an MLP, e.g. for HeteroFL's width-scaled sub-models); () keeps FedProx's
-    logistic regression.
+    logistic regression. test_clients: the global test set pools the test parts of the
+    first test_clients clients (all of them when there are fewer). on_demand: make each
+    client's training examples from its id when a job needs them, instead of holding the
+    whole population's (the same examples; memory independent of the population, at the
+    cost of regenerating a shard per job).
     """
 
     alpha: float = 1.0
@@ -63,6 +69,8 @@ class SyntheticParams:
     test_fraction: float = 0.2
     samples_per_client: int = 0  # > 0: equal sizes instead of the power law
     hidden: tuple[int, ...] = ()  # ReLU hidden layers (an MLP); () is logistic regression
+    test_clients: int = 10_000  # the test set pools these first clients' test parts
+    on_demand: bool = False  # make shards per job from the client id (engine/worker/data.py)
 
     def __post_init__(self) -> None:
         if not self.alpha >= 0:
@@ -83,6 +91,8 @@ class SyntheticParams:
             raise ValueError(f"test_fraction must be in (0, 1) (got {self.test_fraction})")
         if any(h < 1 for h in self.hidden):
             raise ValueError(f"hidden sizes must all be >= 1 (got {list(self.hidden)})")
+        if self.test_clients < 1:
+            raise ValueError(f"test_clients must be >= 1 (got {self.test_clients})")
 
 
 class Synthetic(Workload):
@@ -118,10 +128,50 @@ class Synthetic(Workload):
         y = np.argmax(np.einsum("nd,cd->nc", x, W_k) + b_k, axis=1)
         return x.astype(np.float32), y.astype(np.int64)
 
+    def _train_count(self, n: int) -> int:
+        """Training examples of a client with ``n``; the rest are its test part. Samples are
+        i.i.d. within a client, so a prefix split is a random split."""
+        n_test = min(max(1, round(n * self.params.test_fraction)), n - 1)
+        return n - n_test
+
+    def client_shard(self, seed: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Client ``k``'s training examples, made from its id alone."""
+        x, y = self.client_data(seed, k)
+        n = self._train_count(len(y))
+        return x[:n], y[:n]
+
+    def shard_sizes(self, num_clients: int, seed: int) -> np.ndarray:
+        """Every client's number of training examples, without making their data (the
+        power law draws each client's size from its key: about 15 us a client)."""
+        p = self.params
+        if p.samples_per_client:
+            return np.full(num_clients, self._train_count(p.samples_per_client), dtype=np.int64)
+        sizes = np.empty(num_clients, dtype=np.int64)
+        for k in range(num_clients):
+            rng = np.random.default_rng([int(seed), _PURPOSE, k])  # the first draw of client_data
+            n = int(rng.lognormal(_SIZE_LOG_MEAN, _SIZE_LOG_SIGMA)) + _SIZE_MIN
+            sizes[k] = self._train_count(min(n, p.max_samples))
+        return sizes
+
+    def held_out(self, num_clients: int, seed: int) -> Dataset:
+        """The dataset without training examples: the test set alone (``on_demand`` runs)."""
+        x_te, y_te = [], []
+        for k in range(min(num_clients, self.params.test_clients)):
+            x, y = self.client_data(seed, k)
+            n = self._train_count(len(y))
+            x_te.append(x[n:])
+            y_te.append(y[n:])
+        return Dataset(
+            x_train=np.zeros((0, self.params.dim), dtype=np.float32),
+            y_train=np.zeros(0, dtype=np.int64),
+            x_test=np.concatenate(x_te),
+            y_test=np.concatenate(y_te),
+            num_classes=self.params.num_classes,
+        )
+
     def load(self, num_clients: int, seed: int) -> Dataset:
         if num_clients < 1:
             raise ValueError(f"num_clients must be >= 1 (got {num_clients})")
-        p = self.params
         x_tr: list[np.ndarray] = []
         y_tr: list[np.ndarray] = []
         x_te: list[np.ndarray] = []
@@ -130,13 +180,12 @@ class Synthetic(Workload):
         offset = 0
         for k in range(num_clients):
             x, y = self.client_data(seed, k)
-            # Samples are i.i.d. within a client, so a prefix split is a random split.
-            n_test = min(max(1, round(len(y) * p.test_fraction)), len(y) - 1)
-            n_train = len(y) - n_test
+            n_train = self._train_count(len(y))
             x_tr.append(x[:n_train])
             y_tr.append(y[:n_train])
-            x_te.append(x[n_train:])
-            y_te.append(y[n_train:])
+            if k < self.params.test_clients:
+                x_te.append(x[n_train:])
+                y_te.append(y[n_train:])
             natural.append(np.arange(offset, offset + n_train, dtype=np.int64))
             offset += n_train
         return Dataset(
@@ -144,7 +193,7 @@ class Synthetic(Workload):
             y_train=np.concatenate(y_tr),
             x_test=np.concatenate(x_te),
             y_test=np.concatenate(y_te),
-            num_classes=p.num_classes,
+            num_classes=self.params.num_classes,
             natural_partition=natural,
         )
 

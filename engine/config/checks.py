@@ -63,6 +63,28 @@ def _width_checks(cfg: Any) -> None:
         )
 
 
+def _on_demand_checks(cfg: Any) -> None:
+    """Shards made per job from the client id exist only as each client's own data: what
+    needs the whole training set up front is refused (engine/worker/data.py)."""
+    if not getattr(cfg.workload.params, "on_demand", False):
+        return
+    name = cfg.workload.name
+    if cfg.partition.name != "natural":
+        raise ConfigError(
+            f"workload.on_demand makes each client's own {name} data, which partition "
+            f"{cfg.partition.name!r} would re-deal: set partition.name=natural or workload.on_demand=false"
+        )
+    for key, value in (
+        ("server.steps", cfg.server.steps),
+        ("eval.local_test_fraction", cfg.eval.local_test_fraction),
+    ):
+        if value:
+            raise ConfigError(
+                f"{key}={value} takes examples out of the clients' data before the run, which "
+                "workload.on_demand never holds: set it to 0 or workload.on_demand=false"
+            )
+
+
 def cross_checks(cfg: Any) -> None:
     """Everything that is wrong only in combination (each section alone is valid)."""
     n = cfg.clients.num
@@ -138,6 +160,7 @@ def cross_checks(cfg: Any) -> None:
             f"partition.name 'natural' needs a naturally partitioned workload; {cfg.workload.name!r} "
             f"is not: choose one of {', '.join(p for p in PARTITIONS if p != 'natural')}"
         )
+    _on_demand_checks(cfg)
     try:  # missing data files fail here, in one line, not inside a Ray actor
         workload(cfg.workload.params).check()
     except DataError as e:

@@ -11,137 +11,41 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from algorithms.attacks import ByzantineConfig
-from engine.core.registry import Registry, function
+from algorithms.idle import IdleClients
+from engine.core.delay_config import (
+    AVAILABILITY_MODES,
+    FAMILIES,
+    SPEED_PLUGINS,
+    AvailabilityConfig,
+    ClientsConfig,
+    DelayConfigError,
+    NetworkConfig,
+    SpeedConfig,
+    describe_families,
+)
 from engine.core.rng import stream
 
-_FAMILY_DOCS = {
-    "constant": "every client at the nominal speed (factor 1)",
-    "normal": "factor max(min_factor, N(1, sigma)) (FLSim PerUserGaussian)",
-    "half_normal": "factor 1 + |N(0, sigma)| (FLSim PerUserHalfNormal)",
-    "uniform": "factor max(min_factor, U(1 - sigma, 1 + sigma)) (FLSim PerUserUniform)",
-    "exponential": "factor max(min_factor, Exp(mean 1)) (FLSim PerUserExponential)",
-    "lognormal": "factor exp(N(0, sigma)), median 1 (after PAPAYA / FedScale)",
-    "pareto": "factor 1 + Lomax(shape): heavy-tailed stragglers, minimum 1 (Plato)",
-    "tiers": "exact fractions of clients per tier, each tier with its own factor",
-    "linear": "deterministic factor 1 - i*spread/(N-1) (FedFix scenario F-X)",
-}
-FAMILIES: tuple[str, ...] = tuple(_FAMILY_DOCS)
-# A speed family plug-in is ``family(num_clients, rng_for, speed_cfg)`` returning one speed
-# factor per client; ``rng_for(i)`` is client i's keyed stream (engine/core/registry.py).
-SPEED_PLUGINS: Registry[Callable[..., Any]] = Registry("speed", {}, function("speed family"))
-AVAILABILITY_MODES = ("always", "periodic", "trace")
+__all__ = [  # the settings are imported from here too
+    "AVAILABILITY_MODES",
+    "FAMILIES",
+    "SPEED_PLUGINS",
+    "AvailabilityConfig",
+    "ClientsConfig",
+    "DelayConfigError",
+    "DelayModel",
+    "NetworkConfig",
+    "SpeedConfig",
+    "describe_families",
+]
+
+DESCRIBED = 10_000  # describe() summarises at most this many clients (the first ones)
 _TRACE_COLUMNS = ("seconds_per_sample", "latency", "up_mbps", "down_mbps")
-
-
-def describe_families() -> list[tuple[str, str]]:
-    """(name, one-line description) of each speed family, for the CLI's ``--list``."""
-    return list(_FAMILY_DOCS.items())
-
-
-class DelayConfigError(ValueError):
-    """A trace file that cannot be used; the message is one line: file, problem, fix."""
-
-
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise ValueError(message)
-
-
-def _floats(values: Any) -> tuple[float, ...]:
-    # YAML and dotted overrides give lists (or one scalar); keep the frozen config hashable.
-    return tuple(float(v) for v in (values if isinstance(values, list | tuple) else [values]))
-
-
-@dataclass(frozen=True)
-class SpeedConfig:
-    family: str = "lognormal"
-    seconds_per_sample: float = 0.001
-    sigma: float = 1.0
-    shape: float = 2.0
-    min_factor: float = 0.05
-    tier_fractions: tuple[float, ...] = (0.5, 0.5)
-    tier_factors: tuple[float, ...] = (1.0, 10.0)
-    spread: float = 0.8
-    jitter: float = 0.0
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "tier_fractions", _floats(self.tier_fractions))
-        object.__setattr__(self, "tier_factors", _floats(self.tier_factors))
-        if self.family not in FAMILIES and (problem := SPEED_PLUGINS.problem(self.family)):
-            raise ValueError(
-                f"family: {problem}"
-                if ":" in self.family
-                else f"family must be one of {', '.join(FAMILIES)}, or a plug-in (package.module:function, "
-                f"./file.py:function or a fedray.speeds entry point) (got {self.family!r})"
-            )
-        spp = self.seconds_per_sample
-        _check(0 < spp < math.inf, f"seconds_per_sample must be > 0 and finite (got {spp})")
-        _check(self.sigma >= 0, f"sigma must be >= 0 (got {self.sigma})")
-        _check(self.shape > 0, f"shape must be > 0 (got {self.shape})")
-        _check(0 < self.min_factor <= 1, f"min_factor must be in (0, 1] (got {self.min_factor})")
-        fr, fa = self.tier_fractions, self.tier_factors
-        _check(len(fr) == len(fa) > 0, f"tier_fractions must match tier_factors in length (got {fr}, {fa})")
-        _check(all(f >= 0 for f in fr), f"tier_fractions must be >= 0 (got {fr})")
-        _check(abs(sum(fr) - 1) <= 1e-6, f"tier_fractions must sum to 1 (got {fr}, sum {sum(fr)})")
-        _check(all(0 < f < math.inf for f in fa), f"tier_factors must be > 0 (got {fa})")
-        _check(0 <= self.spread < 1, f"spread must be in [0, 1) (got {self.spread})")
-        _check(self.jitter >= 0, f"jitter must be >= 0 (got {self.jitter})")
-
-
-@dataclass(frozen=True)
-class NetworkConfig:
-    latency: float = 0.05
-    up_mbps: float = 10.0
-    down_mbps: float = 50.0
-    sigma: float = 0.0
-
-    def __post_init__(self) -> None:
-        _check(0 <= self.latency < math.inf, f"latency must be >= 0 and finite (got {self.latency})")
-        _check(self.up_mbps > 0, f"up_mbps must be > 0 (got {self.up_mbps})")
-        _check(self.down_mbps > 0, f"down_mbps must be > 0 (got {self.down_mbps})")
-        _check(self.sigma >= 0, f"sigma must be >= 0 (got {self.sigma})")
-
-
-@dataclass(frozen=True)
-class AvailabilityConfig:
-    mode: str = "always"
-    period: float = 86400.0
-    on_fraction: float = 1.0
-    trace: str = ""
-    dropout: float = 0.0
-
-    def __post_init__(self) -> None:
-        modes = ", ".join(AVAILABILITY_MODES)
-        _check(self.mode in AVAILABILITY_MODES, f"mode must be one of {modes} (got {self.mode!r})")
-        _check(0 <= self.period < math.inf, f"period must be >= 0 and finite (got {self.period})")
-        periodic_ok = self.mode != "periodic" or self.period > 0
-        _check(periodic_ok, f"period must be > 0 in periodic mode (got {self.period})")
-        # on_fraction 0 would leave no client ever available: the run could never dispatch.
-        _check(0 < self.on_fraction <= 1, f"on_fraction must be in (0, 1] (got {self.on_fraction})")
-        _check(self.mode != "trace" or bool(self.trace), "trace must name a CSV file in trace mode")
-        # dropout 1 would lose every job, and a run that re-dispatches would never end.
-        _check(0 <= self.dropout < 1, f"dropout must be in [0, 1) (got {self.dropout})")
-
-
-@dataclass(frozen=True)
-class ClientsConfig:
-    num: int = 50
-    speed: SpeedConfig = field(default_factory=SpeedConfig)
-    network: NetworkConfig = field(default_factory=NetworkConfig)
-    availability: AvailabilityConfig = field(default_factory=AvailabilityConfig)
-    trace: str = ""
-    byzantine: ByzantineConfig = field(default_factory=ByzantineConfig)  # attackers (algorithms/attacks.py)
-
-    def __post_init__(self) -> None:
-        _check(isinstance(self.num, int) and self.num >= 1, f"num must be an integer >= 1 (got {self.num!r})")
 
 
 def _fail(key: str, path: str, problem: str, fix: str) -> DelayConfigError:
@@ -220,26 +124,76 @@ def _fold(c: np.ndarray, s: np.ndarray, e: np.ndarray, period: float) -> tuple[n
     return c[~drop], s[~drop], e[~drop]
 
 
+class _Drawn:
+    """One value per client, drawn from the client's keyed stream when first needed: a
+    million clients cost a million draws only if every one of them is looked at."""
+
+    def __init__(self, n: int, draw: Callable[[int], float]) -> None:
+        self.values = np.full(n, np.nan)
+        self.draw = draw
+
+    def __getitem__(self, client: int) -> float:
+        v = self.values[client]
+        if v != v:  # NaN: not drawn yet
+            v = self.values[client] = self.draw(int(client))
+        return float(v)
+
+    def all(self) -> np.ndarray:
+        for c in np.flatnonzero(np.isnan(self.values)).tolist():
+            self.values[c] = self.draw(c)
+        return self.values
+
+
 class DelayModel:
-    """Per-client delay profiles, drawn once from keyed streams (plus per-job jitter and dropout)."""
+    """Per-client delay profiles from keyed streams (plus per-job jitter and dropout). A
+    client's profile is drawn the first time a job of it is priced, so a large population
+    costs only its drawn clients' time; whole arrays (``seconds_per_sample``...) draw all."""
 
     def __init__(self, cfg: ClientsConfig, seed: int) -> None:
         self.cfg, self.seed, self.num = cfg, int(seed), cfg.num
         n = cfg.num
         sp, net, av = cfg.speed, cfg.network, cfg.availability
-        self.speed_factor = self._speed_factors(sp, n)
-        self.seconds_per_sample = sp.seconds_per_sample * self.speed_factor
-        bw = np.ones(n)
+        self._factor = factor = self._speed_factors(sp, n)
+        nominal = sp.seconds_per_sample
+        self._spp = _Drawn(n, lambda c: nominal * factor[c])
+        # One factor per client for both directions: a client on a poor link is slow both ways.
+        bw: Any = np.ones(n)
         if net.sigma > 0:
-            # One factor per client for both directions: a client on a poor link is slow both ways.
-            bw = np.exp([stream(self.seed, "bandwidth", i).normal(0.0, net.sigma) for i in range(n)])
+            bw = _Drawn(n, lambda c: float(np.exp(stream(self.seed, "bandwidth", c).normal(0.0, net.sigma))))
+        up, down = net.up_mbps * 1e6 / 8, net.down_mbps * 1e6 / 8
+        self._up = _Drawn(n, lambda c: up * bw[c])
+        self._down = _Drawn(n, lambda c: down * bw[c])
         self.latency = np.full(n, float(net.latency))
-        self.up_bytes_per_s = net.up_mbps * 1e6 / 8 * bw
-        self.down_bytes_per_s = net.down_mbps * 1e6 / 8 * bw
         if cfg.trace:
             self._apply_trace(cfg.trace)
-            self.speed_factor = self.seconds_per_sample / sp.seconds_per_sample
         self._build_availability(av, n)
+
+    @property
+    def seconds_per_sample(self) -> np.ndarray:
+        return self._spp.all()
+
+    @property
+    def speed_factor(self) -> np.ndarray:
+        if self.cfg.trace:  # measured speeds, relative to the nominal one
+            return self._spp.all() / self.cfg.speed.seconds_per_sample
+        return self._factor.all() if isinstance(self._factor, _Drawn) else self._factor
+
+    @property
+    def up_bytes_per_s(self) -> np.ndarray:
+        return self._up.all()
+
+    @property
+    def down_bytes_per_s(self) -> np.ndarray:
+        return self._down.all()
+
+    @property
+    def phase(self) -> np.ndarray:
+        """Each client's phase in periodic availability (zeros in other modes)."""
+        return np.zeros(self.num) if self._phase is None else self._phase.all()
+
+    def up_rate(self, client: int) -> float:
+        """Client ``client``'s upload bandwidth in bytes per second."""
+        return self._up[client]
 
     def _apply_trace(self, path: str) -> None:
         """Per-client measured values override the drawn ones (an empty cell keeps the draw)."""
@@ -248,7 +202,7 @@ class DelayModel:
         dup = df["client"][df["client"].duplicated()]
         if len(dup):
             raise _fail(key, path, f"client {dup.iloc[0]} has two rows", "give each client one row")
-        targets = (self.seconds_per_sample, self.latency, self.up_bytes_per_s, self.down_bytes_per_s)
+        targets = (self._spp.values, self.latency, self._up.values, self._down.values)
         for col, target, scale in zip(_TRACE_COLUMNS, targets, (1.0, 1.0, 1e6 / 8, 1e6 / 8), strict=True):
             if col not in df:
                 continue
@@ -261,7 +215,8 @@ class DelayModel:
                 raise _fail(key, path, problem, f"{col} must be {rule}")
             target[df["client"].to_numpy()[given]] = vals * scale
 
-    def _speed_factors(self, sp: SpeedConfig, n: int) -> np.ndarray:
+    def _speed_factors(self, sp: SpeedConfig, n: int) -> Any:
+        """Each client's factor: an array, or ``_Drawn`` for the families drawn per client."""
         fam = sp.family
         if fam == "constant" or (fam in ("normal", "half_normal", "uniform", "lognormal") and sp.sigma == 0):
             return np.ones(n)
@@ -293,20 +248,21 @@ class DelayModel:
             "lognormal": lambda g: math.exp(g.normal(0.0, sp.sigma)),
             "pareto": lambda g: 1.0 + g.pareto(sp.shape),
         }[fam]
-        return np.array([draw(stream(self.seed, "speed", i)) for i in range(n)], dtype=float)
+        return _Drawn(n, lambda i: float(draw(stream(self.seed, "speed", i))))
 
     def _build_availability(self, av: AvailabilityConfig, n: int) -> None:
         # Availability is a set of windows [start, end) per client, repeating every `period`
         # when period > 0; clients without windows are always available.
         c, s, e, self.period = np.zeros(0, np.int64), np.zeros(0), np.zeros(0), 0.0
-        self.phase = np.zeros(n)
+        self._phase: _Drawn | None = None  # periodic mode: each client's phase, drawn when needed
+        self._windows: tuple[np.ndarray, ...] | None = None  # periodic mode: made on first use
+        self._always = np.ones(n, bool)
         if av.mode == "periodic" and av.on_fraction < 1:
             self.period = float(av.period)
-            self.phase = np.array([stream(self.seed, "availability", i).random() for i in range(n)])
-            # frac(t/P + phase) < on  <=>  t in [(k - phase) P, (k - phase + on) P) for an integer k.
-            c, s = np.arange(n), (1.0 - self.phase) * self.period
-            e = s + av.on_fraction * self.period
-        elif av.mode == "trace":
+            self._phase = _Drawn(n, lambda i: stream(self.seed, "availability", i).random())
+            self._always[:] = False
+            return
+        if av.mode == "trace":
             key = "clients.availability.trace"
             df = _read_csv(key, av.trace, n, ("client", "start", "end"))
             bad = (df["end"] <= df["start"]).to_numpy()
@@ -316,10 +272,26 @@ class DelayModel:
             c, s, e = (df[k].to_numpy() for k in ("client", "start", "end"))
             self.period = float(av.period)
             c, s, e = _fold(c, s, e, self.period) if self.period > 0 else _merge(c, s, e)
-        self._wc, self._ws, self._we = c, s, e
-        self._bounds = np.r_[s, e]
-        self._always = np.ones(n, bool)
         self._always[c] = False
+        self._windows = (c, s, e, np.r_[s, e])
+
+    def _periodic_window(self, phase: Any) -> tuple[Any, Any]:
+        # frac(t/P + phase) < on  <=>  t in [(k - phase) P, (k - phase + on) P) for an integer k.
+        s = (1.0 - phase) * self.period
+        return s, s + self.cfg.availability.on_fraction * self.period
+
+    def _all_windows(self) -> tuple[np.ndarray, ...]:
+        """(client, start, end, every bound) of all windows; periodic mode draws every phase."""
+        if self._windows is None:
+            assert self._phase is not None
+            s, e = self._periodic_window(self._phase.all())
+            self._windows = (np.arange(self.num), s, e, np.r_[s, e])
+        return self._windows
+
+    @property
+    def always_available(self) -> bool:
+        """No client ever goes offline (no availability windows)."""
+        return self._phase is None and not len(self._all_windows()[0])
 
     def _cycles(self, t: float, starts: np.ndarray) -> np.ndarray:
         # Candidate cycle indices m around t; window m is [s + m*P, e + m*P), and every caller
@@ -335,59 +307,85 @@ class DelayModel:
 
     def available(self, t: float) -> np.ndarray:
         """Availability of every client at virtual time ``t``."""
+        c, s, e, _ = self._all_windows()
         out = self._always.copy()
-        out[self._wc[self._active(t, self._ws, self._we)]] = True
+        out[c[self._active(t, s, e)]] = True
         return out
 
     def is_available(self, client: int, t: float) -> bool:
         if self._always[client]:
             return True
-        lo, hi = np.searchsorted(self._wc, [client, client + 1])
-        return bool(self._active(t, self._ws[lo:hi], self._we[lo:hi]).any())
+        if self._phase is not None:
+            # _active for one window in Python floats: the same IEEE operations in the same
+            # order, so the same answer as the array form, without numpy's per-call cost.
+            s, e = self._periodic_window(self._phase[client])
+            p = self.period
+            m = math.floor((t - s) / p)
+            return any(s + k * p <= t < e + k * p for k in (m - 1.0, m, m + 1.0, m + 2.0))
+        c, s, e, _ = self._all_windows()
+        lo, hi = np.searchsorted(c, [client, client + 1])
+        return bool(self._active(t, s[lo:hi], e[lo:hi]).any())
+
+    def idle(self, t: float, busy: Iterable[int]) -> IdleClients:
+        """The clients available at ``t`` with no job in flight (``busy`` have one)."""
+        ids = np.fromiter(busy, dtype=np.int64)
+        if self.always_available:
+            return IdleClients(self.num, ids)
+        return IdleClients(self.num, ids, lambda: self.available(t), lambda c: self.is_available(c, t))
 
     def next_change(self, t: float) -> float:
         """The earliest time > t at which any client's availability flips (inf if never)."""
-        b = self._bounds
+        b = self._all_windows()[3]
         if self.period > 0 and len(b):
             b = (b[:, None] + self._cycles(t, b) * self.period).ravel()
         later = b[b > t]
         return float(later.min()) if len(later) else math.inf
 
     def compute_time(self, client: int, job_index: int, samples: float) -> float:
-        t = samples * float(self.seconds_per_sample[client])
+        t = samples * self._spp[client]
         jitter = self.cfg.speed.jitter
         if jitter > 0:
             t *= math.exp(stream(self.seed, "jitter", client, job_index).normal(0.0, jitter))
         return t
 
     def download_time(self, client: int, nbytes: float) -> float:
-        return float(self.latency[client] + nbytes / self.down_bytes_per_s[client])
+        return float(self.latency[client] + nbytes / self._down[client])
 
     def upload_time(self, client: int, nbytes: float) -> float:
-        return float(self.latency[client] + nbytes / self.up_bytes_per_s[client])
+        return float(self.latency[client] + nbytes / self._up[client])
 
     def round_trip_time(self, client: int, bytes_up: float, bytes_down: float) -> float:
         """One blocking exchange during a job: up and back down again."""
         c = client
-        return float(
-            2 * self.latency[c] + bytes_up / self.up_bytes_per_s[c] + bytes_down / self.down_bytes_per_s[c]
-        )
+        return float(2 * self.latency[c] + bytes_up / self._up[c] + bytes_down / self._down[c])
 
     def dropped(self, client: int, job_index: int) -> bool:
         p = self.cfg.availability.dropout
         return p > 0 and bool(stream(self.seed, "dropout", client, job_index).random() < p)
 
     def describe(self) -> dict[str, float]:
-        spp = self.seconds_per_sample
-        return {
+        """Summary of the profiles; above ``DESCRIBED`` clients, of the first ``DESCRIBED``
+        (profiles are i.i.d. per client, so that is a sample, and it keeps start-up from
+        drawing every client of a million)."""
+        n = min(self.num, DESCRIBED)
+        if n == self.num:
+            spp, up, down = self.seconds_per_sample, self.up_bytes_per_s, self.down_bytes_per_s
+            available = float(self.available(0.0).mean())
+        else:
+            spp, up, down = (np.array([x[c] for c in range(n)]) for x in (self._spp, self._up, self._down))
+            available = float(np.mean([self.is_available(c, 0.0) for c in range(n)]))
+        out = {
             "clients": float(self.num),
             "seconds_per_sample_min": float(spp.min()),
             "seconds_per_sample_median": float(np.median(spp)),
             "seconds_per_sample_max": float(spp.max()),
             "slowest_to_fastest": float(spp.max() / spp.min()),
-            "latency_median": float(np.median(self.latency)),
-            "up_mbps_median": float(np.median(self.up_bytes_per_s)) * 8 / 1e6,
-            "down_mbps_median": float(np.median(self.down_bytes_per_s)) * 8 / 1e6,
-            "available_fraction_at_0": float(self.available(0.0).mean()),
+            "latency_median": float(np.median(self.latency[:n])),
+            "up_mbps_median": float(np.median(up)) * 8 / 1e6,
+            "down_mbps_median": float(np.median(down)) * 8 / 1e6,
+            "available_fraction_at_0": available,
             "dropout": float(self.cfg.availability.dropout),
         }
+        if n < self.num:
+            out["described_clients"] = float(n)
+        return out

@@ -37,7 +37,7 @@ def in_flight(s: LoopState, delays: DelayModel, shard_size: int, model_bytes: in
         trip = delays.round_trip_time(c, cost.round_trip_bytes_up, cost.round_trip_bytes_down)
         exchange += cost.round_trips * trip
     if cost.stream_uploads:
-        each = cost.stream_bytes_up / float(delays.up_bytes_per_s[c])
+        each = cost.stream_bytes_up / delays.up_rate(c)
         exchange += stream_overrun(compute, cost.stream_uploads, each)
     # With no exchange this adds 0.0, which leaves the float sum exactly as without it.
     bound = s.now + down + compute + exchange + float(delays.latency[c])
@@ -105,7 +105,7 @@ def job_spec(cfg: Any, s: LoopState, delays: DelayModel, loop_wall_start: float,
     wall = cfg.clock.mode == "wall"
     scale = cfg.clock.wall_scale
     pad = loop_wall_start + (f.dispatch_time + f.download + f.compute + f.exchange) * scale if wall else 0.0
-    up = delays.up_bytes_per_s[f.client] / scale if wall else 0.0
+    up = delays.up_rate(f.client) / scale if wall else 0.0
     return JobSpec(
         f.seq,
         f.client,

@@ -192,7 +192,7 @@ class Simulation:
         s = self.s
         if s.dispatch_calls == 0:
             self.loop_wall_start = time.time()
-        idle = np.flatnonzero(~s.jobs.busy & self.delays.available(s.now))
+        idle = self.delays.idle(s.now, s.jobs.by_client.keys())
         rng = stream(self.cfg.seed, "select", s.dispatch_calls)
         s.dispatch_calls += 1
         s.algorithm, jobs = self.algorithm.jobs(s.algorithm, s.now, idle, rng)

@@ -1,5 +1,9 @@
 """A run's data as the server prepares it: the workload's dataset, the examples held out
-for server fine-tuning (when configured), the clients' shards and local test splits."""
+for server fine-tuning (when configured), the clients' shards and local test splits.
+
+A workload that makes each client's data from the client id alone (``on_demand``, e.g.
+synthetic) is not loaded at all: its shards are ``GeneratedShards``, made by the executor
+that runs a job, so memory does not grow with the population."""
 
 from __future__ import annotations
 
@@ -43,12 +47,32 @@ class ShardIndex:
 
 
 @dataclass(frozen=True)
+class GeneratedShards:
+    """Shards made when a job needs them, by the workload, from the client id: nothing is
+    held per client but its number of examples."""
+
+    workload: Workload
+    seed: int
+    sizes: np.ndarray
+
+    def examples(self, client: int) -> tuple[np.ndarray, np.ndarray]:
+        """(features, labels) of ``client``'s training examples."""
+        x, y = self.workload.client_shard(self.seed, client)  # type: ignore[attr-defined]
+        return x, y
+
+
+def on_demand(workload: Workload) -> bool:
+    """Whether ``workload`` makes each client's shard from its id (its ``on_demand`` param)."""
+    return bool(getattr(workload.params, "on_demand", False))
+
+
+@dataclass(frozen=True)
 class RunData:
     """Everything an executor needs of a run's data, as one object (put in Ray's object
     store once). Every index is into ``dataset``'s training set."""
 
     dataset: Dataset
-    shards: ShardIndex
+    shards: ShardIndex | GeneratedShards
     local_test: ShardIndex | None = None
     server_idx: np.ndarray | None = None  # the server's fine-tuning examples
 
@@ -57,6 +81,10 @@ def load_data(cfg: Config) -> RunData:
     """The run's data; deterministic in the seed. Examples held out for the server are
     taken before partitioning, so the clients' shards never contain them."""
     workload = WORKLOADS[cfg.workload.name](cfg.workload.params)
+    if on_demand(workload):  # engine/config/checks.py refused what needs the examples up front
+        sizes = workload.shard_sizes(cfg.clients.num, cfg.seed)  # type: ignore[attr-defined]
+        held_out = workload.held_out(cfg.clients.num, cfg.seed)  # type: ignore[attr-defined]
+        return RunData(held_out, GeneratedShards(workload, cfg.seed, sizes))
     dataset = workload.load(cfg.clients.num, cfg.seed)
     y, natural = dataset.y_train, dataset.natural_partition
     server_idx = kept = None

@@ -19,7 +19,7 @@ from algorithms.task import LocalTraining
 from engine.core.backend import FINETUNE, SERVER, JobOutput, JobSpec
 from engine.core.binding import bind_cut
 from engine.core.rng import int_seed, stream
-from engine.worker.data import RunData
+from engine.worker.data import GeneratedShards, RunData
 from workloads import WORKLOADS, DatasetMeta, ParamLayout
 
 if TYPE_CHECKING:
@@ -136,12 +136,16 @@ class Worker:
         from engine.worker.training import ClientData
 
         torch = self.torch
-        idx = self.shards.shard(job.client)
-        y = np.asarray(self.dataset.y_train[idx], dtype=np.int64)
+        if isinstance(self.shards, GeneratedShards):
+            x_made, y = self.shards.examples(job.client)
+            x = self.workload.to_tensor(x_made).to(self.device)
+        else:
+            idx = self.shards.shard(job.client)
+            x, y = self._client_x(idx), np.asarray(self.dataset.y_train[idx], dtype=np.int64)
         if self.attack.name == "label_flip" and job.client in self.byzantine:
             y = flip_labels(y, self.meta.num_classes)  # a data-side attack: it trains on lies
         data = ClientData(
-            x=self._client_x(idx),
+            x=x,
             y=torch.from_numpy(y).to(self.device),
             loss_fn=self.workload.loss,
             augment=self.workload.augment,

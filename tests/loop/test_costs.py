@@ -15,6 +15,7 @@ import pytest
 from algorithms import ALGORITHMS
 from algorithms.base import Algorithm, ClientResult, Job, JobCost, Payload, ServerJob, Task, Update
 from algorithms.fedbuff import FedBuff, FedBuffState
+from algorithms.idle import IdleClients
 from engine.config import Config
 from engine.core.recorder import EVENTS_COLUMNS
 from engine.experiment import run_experiment
@@ -83,7 +84,7 @@ class CostlyFedBuff(FedBuff):
     name: ClassVar[str] = "test_costly"
 
     def jobs(
-        self, state: FedBuffState, now: float, idle: np.ndarray, rng: np.random.Generator
+        self, state: FedBuffState, now: float, idle: IdleClients, rng: np.random.Generator
     ) -> tuple[FedBuffState, list[Job]]:
         state, jobs = super().jobs(state, now, idle, rng)
         return state, [replace(j, cost=COST) for j in jobs]

@@ -356,3 +356,30 @@ def test_build_time_10k_clients() -> None:
         m.available(1234.5), m.next_change(1234.5)
         query = time.perf_counter() - t0
         print(f"\n10k clients, {label}: build {built:.3f} s, available+next_change {query * 1e3:.2f} ms")
+
+
+def test_profiles_drawn_one_client_at_a_time_equal_the_whole_arrays() -> None:
+    """Profiles are drawn lazily, when a job of the client is priced: the values do not
+    depend on which clients were looked at first."""
+    cfg = ClientsConfig(
+        num=400,
+        speed=SpeedConfig(family="lognormal", sigma=0.8),
+        network=NetworkConfig(sigma=0.5),
+        availability=AvailabilityConfig(mode="periodic", period=60.0, on_fraction=0.5),
+    )
+    lazy, whole = DelayModel(cfg, SEED), DelayModel(cfg, SEED)
+    arrays = (whole.seconds_per_sample, whole.up_bytes_per_s, whole.available(17.0))
+    order = np.random.default_rng(0).permutation(400)
+    for c in order.tolist():
+        assert lazy.compute_time(c, 0, 10.0) == 10.0 * arrays[0][c]
+        assert lazy.upload_time(c, 1e6) == whole.upload_time(c, 1e6)
+        assert lazy.is_available(c, 17.0) == arrays[2][c]
+    assert np.array_equal(lazy.up_bytes_per_s, arrays[1])
+
+
+def test_large_population_is_described_by_its_first_clients() -> None:
+    cfg = ClientsConfig(num=50_000, speed=SpeedConfig(family="lognormal", sigma=0.8))
+    d = DelayModel(cfg, SEED).describe()
+    first = DelayModel(ClientsConfig(num=10_000, speed=cfg.speed), SEED).describe()
+    assert d["described_clients"] == 10_000 and d["clients"] == 50_000
+    assert d["seconds_per_sample_median"] == first["seconds_per_sample_median"]
