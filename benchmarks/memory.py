@@ -14,7 +14,8 @@ and at most 1.2x the 100-client run.
 Populations (issue 15): 10,000, 100,000 and 1,000,000 registered clients, each with a
 lognormal speed and a periodic availability window drawn from its keyed streams, the
 synthetic workload's shards made on demand from the client id (``workload.on_demand``),
-FedBuff with a concurrency of 100, on 2 Ray executors and on the in-process backend.
+FedBuff with a concurrency of 100 and one SGD step per job (so the engine's own cost
+shows), on 2 Ray executors and on the in-process backend.
 Targets: the million-client run peaks at most 1.3x the 10,000-client run, and the time
 per version (so the dispatch cost per job) does not grow with the population.
 
@@ -143,6 +144,7 @@ def population(clients: int, backend: str, versions: int) -> dict[str, Any]:
         "clients.availability.mode=periodic",
         "clients.availability.period=3600",
         "clients.availability.on_fraction=0.5",
+        "training.local_steps=1",  # a job is one real step: the engine's cost shows
         "training.batch_size=10",
         f"stop.max_versions={versions}",
         f"eval.every={versions}",

@@ -302,8 +302,15 @@ class DelayModel:
     def _active(self, t: float, s: np.ndarray, e: np.ndarray) -> np.ndarray:
         if self.period == 0:
             return (s <= t) & (t < e)
-        m = self._cycles(t, s)
-        return np.any((s[:, None] + m * self.period <= t) & (t < e[:, None] + m * self.period), axis=1)
+        # The candidate cycles of _cycles, one at a time: the same float operations per
+        # element as the (n, 4) broadcast, in a quarter of the memory.
+        p = self.period
+        m = np.floor((t - s) / p)
+        out = np.zeros(len(s), dtype=bool)
+        for shift in (-1.0, 0.0, 1.0, 2.0):
+            k = (m + shift) * p
+            out |= (s + k <= t) & (t < e + k)
+        return out
 
     def available(self, t: float) -> np.ndarray:
         """Availability of every client at virtual time ``t``."""
