@@ -20,8 +20,20 @@ def _purpose_id(purpose: str) -> int:
     return zlib.crc32(purpose.encode())
 
 
+_PURPOSES: dict[str, int] = {}
+_WORD = 1 << 32
+
+
 def seed_sequence(seed: int, purpose: str, *keys: int) -> np.random.SeedSequence:
-    return np.random.SeedSequence([int(seed), _purpose_id(purpose), *(int(k) for k in keys)])
+    pid = _PURPOSES.get(purpose)
+    if pid is None:
+        pid = _PURPOSES.setdefault(purpose, _purpose_id(purpose))
+    words = [int(seed), pid, *(int(k) for k in keys)]
+    if all(0 <= w < _WORD for w in words):
+        # The same entropy words numpy makes of the list, given as uint32 already: numpy
+        # then skips its per-element coercion (5.6 instead of 13.8 us a stream here).
+        return np.random.SeedSequence(np.array(words, dtype=np.uint32))
+    return np.random.SeedSequence(words)  # a word of 2^32 or more becomes several words
 
 
 def stream(seed: int, purpose: str, *keys: int) -> np.random.Generator:

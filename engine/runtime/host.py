@@ -33,7 +33,7 @@ class Server:
     ) -> None:
         self.cfg = cfg
         self.placement = placement  # a Tune trial's placement group: executors go to its bundles
-        self.warm = warm  # executors set up afresh for this run instead of started (a sweep's)
+        self.warm = warm  # executors set up afresh for this run, not started (a sweep's; the driver's)
         self.run_id = run_id
         self.num_executors = num_executors
         self.resume = checkpoint.load(resume, cfg) if resume is not None else None

@@ -119,7 +119,8 @@ class ExecutorPool:
         self.max_batch = max_batch
         self.on_outputs = on_outputs
         self.load_state = load_state
-        # warm: executors that outlive this run (a sweep's, reused trial after trial)
+        # warm: executors someone else started and stops (a sweep's, reused trial after trial;
+        # or the driver's, started beside the server: engine/experiment.py)
         self.slots = [
             _Slot(i, warm[i], borrowed=True) if warm else _Slot(i, self._create(i, 0)) for i in range(num)
         ]
