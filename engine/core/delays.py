@@ -230,7 +230,7 @@ class DelayModel:
             factors = np.empty(n)
             factors[stream(self.seed, "tiers").permutation(n)] = np.repeat(sp.tier_factors, counts)
             return factors
-        if fam in SPEED_PLUGINS:
+        if fam not in FAMILIES:  # a plug-in (built-ins first: a registry miss scans entry points)
             factors = np.asarray(
                 SPEED_PLUGINS[fam](n, lambda i: stream(self.seed, "speed", i), sp), dtype=float
             )
