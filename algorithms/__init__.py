@@ -8,8 +8,9 @@ from algorithms.cmfl import CMFL
 from algorithms.cse_fsl import CseFsl
 from algorithms.fedasync import FedAsync
 from algorithms.fedat import FedAT
-from algorithms.fedavg import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedYogi
+from algorithms.fedavg import FedAvg
 from algorithms.fedavg_m import FedAvgMomentum, ScaffoldMomentum
+from algorithms.fedavg_presets import FedAdagrad, FedAdam, FedAvgM, FedYogi
 from algorithms.fedbuff import FedBuff
 from algorithms.fedcompass import FedCompass
 from algorithms.fedfix import FedFix

@@ -35,6 +35,7 @@ import numpy as np
 import algorithms.codecs as codecs
 from algorithms.idle import IdleClients
 from algorithms.job import Job, JobCost, Payload, ServerCost, ServerJob, payload_bytes
+from algorithms.partial_sums import PartialSum
 from algorithms.task import CLIP_NORMS_KEY, LocalTraining, Task
 
 if TYPE_CHECKING:
@@ -69,6 +70,9 @@ class Update:
     base: np.ndarray  # x^tau itself (read-only), for rules that mix with the stale base
     payload: Payload = field(default_factory=dict)  # what was uploaded, as encoded
     extra: Payload = field(default_factory=dict)  # uploaded beside it (ClientResult.extra)
+    # Summed on its executor with other jobs of its aggregate (executors.partial_sums):
+    # ``delta`` is then empty and the sum holds it (algorithms/partial_sums.py).
+    partial: PartialSum | None = None
 
 
 @dataclass(frozen=True)
@@ -147,6 +151,16 @@ class Algorithm(ABC, Generic[StateT]):
         self.training = training
         self.client_sizes = np.asarray(client_sizes, dtype=np.int64)
         self.server_cost = server_cost or ServerCost()
+
+    @classmethod
+    def partial_sums_refusal(cls, params: Any) -> str:
+        """Why executors may not sum this algorithm's updates (``executors.partial_sums``),
+        or "" when its aggregate is a weighted mean of them that ``summand_weight`` weighs."""
+        return f"{cls.name} handles each update on its own"
+
+    def summand_weight(self, num_samples: int) -> float:
+        """An update's weight in a partial sum (on the executor; only where it may be summed)."""
+        raise TypeError(f"{self.name} aggregates no partial sums")
 
     def aggregation_job(
         self, key: int, model: np.ndarray, num_updates: int, update_bytes: int

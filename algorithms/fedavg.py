@@ -36,7 +36,11 @@ deltas are clipped, summed, noised once (keyed by the version) and divided by th
 in place of the weighted mean; local: each client noises its own upload. The state's
 ``ledger`` keeps what the accountant needs (rounds released, or uploads per client).
 
-FedAvgM, FedAdagrad, FedAdam and FedYogi are presets of this class (end of the file).
+Partial sums (``executors.partial_sums``): with the plain weighted mean (no robust rule,
+privacy, codec or deadline) executors may return one sum per group of a round's jobs
+instead of every update; ``_close`` combines them (algorithms/partial_sums.py).
+
+FedAvgM, FedAdagrad, FedAdam and FedYogi are presets of this class (algorithms/fedavg_presets.py).
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ from algorithms.attacks import ColludingUpdate, collude
 from algorithms.base import Algorithm, Job, ServerJob, Task, Update, sample_clients
 from algorithms.codecs import CodecConfig
 from algorithms.idle import IdleClients
+from algorithms.partial_sums import combined_mean
 from algorithms.privacy import Ledger, PrivacyConfig
 from algorithms.robust import AggregatorConfig
 from algorithms.server_opt import ServerOptParams, ServerOptState
@@ -197,18 +202,40 @@ class FedAvg(Algorithm[FedAvgState]):
             robust.check_feasible(p.aggregator, len(updates))
         except ValueError:
             return replace(state, received=(), robust_skipped=state.robust_skipped + 1)
-        weights = [float(u.num_samples) if p.weighting == "samples" else 1.0 for u in updates]
+        weights = [self.summand_weight(u.num_samples) for u in updates]
         deltas = round_deltas(updates)
         if p.privacy.mode == "central":  # DP-FedAvg's noised clipped sum in place of the mean
             direction = dp.noised_sum(p.privacy, state.ledger, deltas, state.quorum, state.version + 1)
+        elif any(u.partial is not None for u in updates):  # summed on the executors
+            partials = [u.partial for u in updates]
+            direction = combined_mean(partials, deltas, weights, [u.client for u in updates])
         else:
             direction = robust.aggregate(p.aggregator, deltas, weights)
         model, opt = p.server_update(state.model, direction, state.opt, p.server_lr)
         state = replace(state, opt=opt, received=())
-        job = self.aggregation_job(state.version + 1, model, len(updates), updates[0].delta.nbytes)
+        # The simulated server adds every dense update, summed on executors or not.
+        job = self.aggregation_job(state.version + 1, model, len(updates), state.model.nbytes)
         if job is None:
             return replace(state, model=model, version=state.version + 1)
         return replace(state, aggregating=job, outbox=(job,))
+
+    @classmethod
+    def partial_sums_refusal(cls, params: FedAvgParams) -> str:
+        if (cls.on_update, cls.decode, cls.encode) != (FedAvg.on_update, Algorithm.decode, Algorithm.encode):
+            return f"{cls.name} handles each update on its own"
+        for key, value, plain in (
+            ("aggregator", params.aggregator.name, "mean"),
+            ("privacy", params.privacy.mode, "none"),
+            ("codec", params.codec.name, "none"),
+        ):
+            if value != plain:
+                return f"algorithm.{key}={value} needs each update, not their sum (set it to {plain})"
+        if params.deadline > 0:
+            return "algorithm.deadline cuts off jobs an executor may already have summed (set it to 0)"
+        return ""
+
+    def summand_weight(self, num_samples: int) -> float:
+        return float(num_samples) if self.params.weighting == "samples" else 1.0
 
     def server_jobs(self, state: FedAvgState) -> tuple[FedAvgState, list[ServerJob]]:
         return (replace(state, outbox=()), list(state.outbox)) if state.outbox else (state, [])
@@ -236,61 +263,3 @@ def round_deltas(updates: tuple[Update, ...]) -> list[np.ndarray]:
         return deltas
     z = next(u.alie_z for u in updates if isinstance(u, ColludingUpdate))
     return collude(deltas, set(colluders), z)
-
-
-# ---- presets from the server-optimizer literature (server_opt.py) ----------------------
-
-
-@dataclass(frozen=True)
-class FedAvgMParams(FedAvgParams):
-    """Hsu, Qi, Brown 2019 (arXiv 1909.06335): server momentum beta1 0.9, server_lr 1."""
-
-    server_opt: str = field(default="avgm", kw_only=True)
-
-
-@dataclass(frozen=True)
-class FedAdagradParams(FedAvgParams):
-    """Reddi et al. 2021 (arXiv 2003.00295) with their tau 1e-3; tune server_lr."""
-
-    server_lr: float = 0.01
-    server_opt: str = field(default="adagrad", kw_only=True)
-
-
-@dataclass(frozen=True)
-class FedAdamParams(FedAvgParams):
-    """Reddi et al. 2021: beta1 0.9, beta2 0.99, tau 1e-3; tune server_lr."""
-
-    server_lr: float = 0.01
-    server_opt: str = field(default="adam", kw_only=True)
-
-
-@dataclass(frozen=True)
-class FedYogiParams(FedAvgParams):
-    """Reddi et al. 2021: beta1 0.9, beta2 0.99, tau 1e-3; tune server_lr."""
-
-    server_lr: float = 0.01
-    server_opt: str = field(default="yogi", kw_only=True)
-
-
-class FedAvgM(FedAvg):
-    description: ClassVar[str] = "FedAvgM: FedAvg with server momentum (Hsu et al. 2019; Reddi et al. 2021)"
-    name: ClassVar[str] = "fedavgm"
-    Params: ClassVar[type] = FedAvgMParams
-
-
-class FedAdagrad(FedAvg):
-    description: ClassVar[str] = "FedAdagrad (Reddi et al. 2021): FedAvg with an Adagrad server optimizer"
-    name: ClassVar[str] = "fedadagrad"
-    Params: ClassVar[type] = FedAdagradParams
-
-
-class FedAdam(FedAvg):
-    description: ClassVar[str] = "FedAdam (Reddi et al. 2021): FedAvg with an Adam server optimizer"
-    name: ClassVar[str] = "fedadam"
-    Params: ClassVar[type] = FedAdamParams
-
-
-class FedYogi(FedAvg):
-    description: ClassVar[str] = "FedYogi (Reddi et al. 2021): FedAvg with a Yogi server optimizer"
-    name: ClassVar[str] = "fedyogi"
-    Params: ClassVar[type] = FedYogiParams

@@ -85,6 +85,30 @@ def _on_demand_checks(cfg: Any) -> None:
             )
 
 
+def _partial_sums_checks(cfg: Any, algorithm: type[Algorithm], delays: DelayModel) -> None:
+    """Executors may sum a round's updates only where each summed job surely becomes an
+    update of that round's weighted mean (algorithms/partial_sums.py)."""
+    if not cfg.executors.partial_sums:
+        return
+    off = "or set executors.partial_sums=0"
+    if why := algorithm.partial_sums_refusal(cfg.algorithm.params):
+        raise ConfigError(f"executors.partial_sums: {why}, {off}")
+    if cfg.executors.stack > 1:
+        raise ConfigError(f"executors.partial_sums sums jobs trained one by one: set executors.stack=1 {off}")
+    if cfg.clock.mode == "wall":
+        raise ConfigError(f"executors.partial_sums: wall mode returns each job at its own time: {off}")
+    if not delays.always_available:
+        raise ConfigError(
+            "executors.partial_sums would sum jobs whose clients go offline before they finish: "
+            f"set clients.availability.mode=always {off}"
+        )
+    byz = cfg.clients.byzantine
+    if byz.active and byz.attack == "alie":
+        raise ConfigError(
+            f"executors.partial_sums: clients.byzantine.attack=alie needs each update: another attack {off}"
+        )
+
+
 def cross_checks(cfg: Any) -> None:
     """Everything that is wrong only in combination (each section alone is valid)."""
     n = cfg.clients.num
@@ -168,8 +192,9 @@ def cross_checks(cfg: Any) -> None:
     if cfg.out_dir and Path(cfg.out_dir).exists() and any(Path(cfg.out_dir).iterdir()):
         raise ConfigError(f"out_dir {cfg.out_dir!r} exists and is not empty; choose a new out_dir")
     try:  # reads trace files now, so a bad one fails before Ray starts
-        DelayModel(cfg.clients, cfg.seed)
+        delays = DelayModel(cfg.clients, cfg.seed)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    _partial_sums_checks(cfg, algorithm, delays)
     if not math.isfinite(cfg.stop.max_sim_time):
         raise ConfigError("stop.max_sim_time must be finite; use 0 for no limit")

@@ -33,6 +33,10 @@ class ExecutorsConfig:
     # > 1: jobs of one dispatch with the same task train together, this many at a time, as
     # one vmapped computation (engine/worker/stacked.py); models of linear layers only.
     stack: int = 1
+    # > 0: jobs of one dispatch (a FedAvg round), this many at a time in dispatch order, are
+    # summed on one executor, which returns one partial sum instead of each update
+    # (algorithms/partial_sums.py); the server adds a few sums. 0: every update comes back.
+    partial_sums: int = 0
 
     def __post_init__(self) -> None:
         _check(
@@ -43,6 +47,7 @@ class ExecutorsConfig:
         _check(self.num_gpus >= 0, f"num_gpus must be >= 0 (got {self.num_gpus})")
         _check(self.max_batch >= 1, f"max_batch must be >= 1 (got {self.max_batch})")
         _check(self.stack >= 1, f"stack must be >= 1, 1 meaning one job at a time (got {self.stack})")
+        _check(self.partial_sums >= 0, f"partial_sums must be >= 0, 0 meaning off (got {self.partial_sums})")
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from algorithms.base import Payload, Task
+from algorithms.partial_sums import PartialSum
 
 CLIENT = "client"  # a client's local training
 FINETUNE = "finetune"  # server-side fine-tuning of an aggregate (a server job)
@@ -33,6 +34,15 @@ class Stack:
 
 
 @dataclass(frozen=True)
+class SumGroup:
+    """Jobs whose updates one executor returns as one partial sum (engine/core/jobs.py
+    ``assign_sum_groups``; algorithms/partial_sums.py)."""
+
+    key: int  # the group's id: its first job's uid (dispatch sequence)
+    size: int  # jobs in the group at dispatch (fewer come back together after a resume)
+
+
+@dataclass(frozen=True)
 class JobSpec:
     uid: int
     client: int  # -1 for server work
@@ -45,6 +55,14 @@ class JobSpec:
     up_bytes_per_s: float = 0.0  # wall mode: to pad the upload of the real payload size
     stack: Stack | None = None  # trained together with the other jobs of this stack
     kind: str = CLIENT
+    group: SumGroup | None = None  # summed on its executor with the other jobs of this group
+
+    @property
+    def unit(self) -> int | None:
+        """The key of the stack or sum group whose jobs must run together on one executor."""
+        if self.stack is not None:
+            return self.stack.key
+        return None if self.group is None else self.group.key
 
 
 @dataclass(frozen=True)
@@ -56,6 +74,9 @@ class JobOutput:
     client_state: Any
     metrics: dict[str, float]
     extra: Payload = field(default_factory=dict)  # uploaded beside the update (ClientResult.extra)
+    # Its sum group's partial sum, which holds its delta (its payload is then empty); the
+    # same object on every member's output, so it crosses to the server once.
+    partial: PartialSum | None = None
 
 
 OnOutputs = Callable[[list[JobOutput]], None]

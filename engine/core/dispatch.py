@@ -117,6 +117,7 @@ def job_spec(cfg: Any, s: LoopState, delays: DelayModel, loop_wall_start: float,
         pad_until=pad,
         up_bytes_per_s=float(up),
         stack=f.stack,
+        group=f.group,
     )
 
 

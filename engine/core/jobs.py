@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from algorithms.base import JobCost, ServerJob, Task
-from engine.core.backend import JobOutput, JobSpec, Stack
+from engine.core.backend import JobOutput, JobSpec, Stack, SumGroup
 
 
 @dataclass(eq=False)
@@ -34,6 +34,7 @@ class InFlight:
     staged: bool = False  # a new client state waits in the store for this job to be applied
     held: tuple[JobSpec, Any] | None = None  # (spec, params ref) while held back from the pool
     stack: Stack | None = None  # its place in a stack of jobs trained together
+    group: SumGroup | None = None  # the jobs whose updates its executor sums with its own
 
 
 @dataclass(eq=False)
@@ -72,6 +73,18 @@ def assign_stacks(jobs: list[InFlight], size: int, shard_sizes: np.ndarray) -> N
             width = max(n if task.batch_size == 0 else min(task.batch_size, n) for n in shards)
             for slot, f in enumerate(chunk):
                 f.stack = Stack(chunk[0].seq, slot, len(chunk), width)
+
+
+def assign_sum_groups(jobs: list[InFlight], size: int) -> None:
+    """Group the jobs of one dispatch ``size`` at a time in dispatch order, each group to
+    be summed on one executor (``executors.partial_sums``). Like stacks, a function of
+    the dispatch alone, so which updates are added together never depends on executors."""
+    if size < 1:
+        return
+    for start in range(0, len(jobs), size):
+        chunk = jobs[start : start + size]
+        for f in chunk:
+            f.group = SumGroup(chunk[0].seq, len(chunk))
 
 
 class JobTable:

@@ -30,9 +30,11 @@ from engine.core import binding, checkpoint, clip_history, dispatch
 from engine.core.backend import Backend, JobOutput, LoadState, OnOutputs
 from engine.core.clock import Priority
 from engine.core.delays import DelayModel
-from engine.core.jobs import InFlight, ServerWork, assign_stacks
+from engine.core.jobs import InFlight, ServerWork, assign_stacks, assign_sum_groups
 from engine.core.rng import stream
 from engine.core.state import LoopState
+
+SUMMED = np.zeros(0, dtype=np.float32)  # the delta of an update summed on its executor
 
 
 class Simulation:
@@ -214,6 +216,7 @@ class Simulation:
         assign_stacks(
             direct + [f for group in quorum.values() for f in group], self.cfg.executors.stack, self.sizes
         )
+        assign_sum_groups(direct, self.cfg.executors.partial_sums)  # a quorum's extra jobs may never run
         for f in direct:
             self.send(f)
         for k, group in quorum.items():
@@ -314,7 +317,8 @@ class Simulation:
             s.recorder.job(f, now, staleness, 0, dropped=True)
         else:
             out = f.output
-            delta = self.algorithm.decode(out.payload, f.client)
+            # A summed job's delta is in its partial sum, which its executor found finite.
+            delta = SUMMED if out.partial is not None else self.algorithm.decode(out.payload, f.client)
             up = dispatch.bytes_uploaded(f, out)
             s.recorder.bytes_up += up  # it crossed the network, whatever the server makes of it
             loss = out.metrics.get("train_loss")
@@ -329,7 +333,8 @@ class Simulation:
                     s.client_states.commit(f.seq, f.client)
                 s.clip_history = clip_history.merge(s.clip_history, out.extra, self.cfg.training.clip)
                 base = s.versions.params(f.version)
-                update = Update(f.client, delta, out.num_samples, f.version, base, out.payload, out.extra)
+                upload = (out.payload, out.extra, out.partial)
+                update = Update(f.client, delta, out.num_samples, f.version, base, *upload)
                 byz, seed = self.cfg.clients.byzantine, self.cfg.seed
                 if byz.attack == "alie" and f.client in attacks.attacked_set(byz, len(self.sizes), seed):
                     # ALIE needs the honest updates of the aggregate, which no executor sees:

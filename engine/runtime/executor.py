@@ -75,29 +75,38 @@ class Executor:
             futures.append(fut)
         if self._worker_task is None or self._worker_task.done():
             self._worker_task = asyncio.ensure_future(self._work())
-        pending = [asyncio.ensure_future(self._padded(f)) for f in futures]
+        # A sum group's outputs travel in one message: they share its partial sum, and if
+        # this executor dies, none of them has arrived and the whole group runs again.
+        units: dict[int, list[asyncio.Future[tuple[JobSpec, JobOutput]]]] = {}
+        for job, fut in zip(jobs, futures, strict=True):
+            units.setdefault(job.group.key if job.group is not None else -1 - job.uid, []).append(fut)
+        pending = [asyncio.ensure_future(self._padded(*unit)) for unit in units.values()]
         done, rest = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-        yield [d.result() for d in done]
+        yield [out for d in done for out in d.result()]
         if rest:
-            yield list(await asyncio.gather(*rest))
+            yield [out for outs in await asyncio.gather(*rest) for out in outs]
 
-    async def _padded(self, fut: asyncio.Future[tuple[JobSpec, JobOutput]]) -> JobOutput:
-        job, out = await fut
-        if job.pad_until > 0:
-            # Wall-clock mode: the job lasts its (scaled) virtual duration for real.
-            upload = out.bytes_up / job.up_bytes_per_s if job.up_bytes_per_s > 0 else 0.0
-            delay = job.pad_until + upload - time.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-        return out
+    async def _padded(self, *futures: asyncio.Future[tuple[JobSpec, JobOutput]]) -> list[JobOutput]:
+        """The outputs of one job, or of one sum group (never in wall mode), once ready."""
+        outs = []
+        for fut in futures:
+            job, out = await fut
+            if job.pad_until > 0:
+                # Wall-clock mode: the job lasts its (scaled) virtual duration for real.
+                upload = out.bytes_up / job.up_bytes_per_s if job.up_bytes_per_s > 0 else 0.0
+                delay = job.pad_until + upload - time.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            outs.append(out)
+        return outs
 
     async def _work(self) -> None:
         while self._queue:
             entry = heapq.heappop(self._queue)
             batch = [entry]
-            key = entry[2].stack.key if entry[2].stack is not None else None
-            if key is not None:  # its stack mates queued here train with it
-                batch += [e for e in self._queue if e[2].stack is not None and e[2].stack.key == key]
+            key = entry[2].unit
+            if key is not None:  # its stack or sum group mates queued here run with it
+                batch += [e for e in self._queue if e[2].unit == key]
                 taken = {id(e) for e in batch}
                 self._queue = [e for e in self._queue if id(e) not in taken]
                 heapq.heapify(self._queue)

@@ -165,6 +165,9 @@ class ExecutorPool:
     # ---- jobs ----------------------------------------------------------------------
     def enqueue(self, spec: JobSpec, params_ref: Any, urgency: float) -> None:
         self.queue.append(_Queued(urgency, spec, params_ref))
+        group = spec.group
+        if group is not None and sum(q.spec.group == group for q in self.queue) < group.size:
+            return  # a sum group goes out whole, to one executor (the loop enqueues it at once)
         if len(self.queue) >= self.max_batch * len(self.slots) or self.running_low():
             self.flush()
 
@@ -177,14 +180,14 @@ class ExecutorPool:
 
     def flush(self) -> None:
         """Send every queued job: least-loaded executor first, at most max_batch per call
-        (more only for a bigger stack), a stack's jobs together so they train together."""
+        (more only for a bigger stack or sum group), a stack's or sum group's jobs together."""
         if not self.queue:
             return
         queued, self.queue = sorted(self.queue, key=lambda q: (q.urgency, q.spec.uid)), []
-        units: dict[int, list[_Queued]] = {}  # by stack key; a job with no stack on its own
+        units: dict[int, list[_Queued]] = {}  # by stack or sum group; any other job on its own
         for q in queued:
-            stack = q.spec.stack
-            units.setdefault(stack.key if stack is not None else -1 - q.spec.uid, []).append(q)
+            key = q.spec.unit
+            units.setdefault(key if key is not None else -1 - q.spec.uid, []).append(q)
         calls: dict[int, list[list[_Queued]]] = {}
         load = {s.index: s.outstanding for s in self.slots}
         for unit in units.values():

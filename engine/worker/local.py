@@ -52,14 +52,14 @@ class LocalBackend:
         heapq.heapify(self.queue)
 
     async def wait_any(self, timeout: float | None = None) -> None:
-        """Compute the most urgent job (with its stack mates) and hand its outputs over."""
+        """Compute the most urgent job (with its stack or sum group mates) and hand its outputs over."""
         if not self.queue:
             return
         first = heapq.heappop(self.queue)
         batch = [first]
-        stack = first[2].stack
-        if stack is not None:
-            batch += [q for q in self.queue if q[2].stack is not None and q[2].stack.key == stack.key]
+        unit = first[2].unit
+        if unit is not None:  # its stack or sum group mates run with it
+            batch += [q for q in self.queue if q[2].unit == unit]
             taken = {q[1] for q in batch}
             self.queue = [q for q in self.queue if q[1] not in taken]
             heapq.heapify(self.queue)

@@ -7,6 +7,7 @@ result depends only on its spec and start model, never on where it ran.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +16,7 @@ import numpy as np
 from algorithms import ALGORITHMS
 from algorithms.attacks import EXECUTOR_ATTACKS, ByzantineConfig, attack_update, attacked_set, flip_labels
 from algorithms.base import payload_bytes, skipped_upload
+from algorithms.partial_sums import partial_sum
 from algorithms.task import LocalTraining
 from engine.core.backend import FINETUNE, SERVER, JobOutput, JobSpec
 from engine.core.binding import bind_cut
@@ -110,6 +112,8 @@ class Worker:
             return [self._finetune(job, start)]
         if job.kind == SERVER:
             return [self._server_update(job, start)]
+        if job.group is not None:
+            return self._run_group(batch)
         return [self._run_one(job, start)]
 
     def _cache_on_device(self) -> Any:
@@ -215,6 +219,29 @@ class Worker:
         if not result.extra:
             return out
         return replace(out, bytes_up=out.bytes_up + payload_bytes(result.extra), extra=result.extra)
+
+    def _run_group(self, batch: list[tuple[JobSpec, np.ndarray]]) -> list[JobOutput]:
+        """Jobs of one sum group (all of it, or the part given here), each trained alone,
+        their finite updates returned as one partial sum added in job-sequence order
+        (algorithms/partial_sums.py). A non-finite update keeps its payload: the server
+        rejects it as it would without partial sums."""
+        group = batch[0][0].group
+        assert group is not None
+        outs: list[JobOutput] = []
+
+        def summands() -> Iterator[tuple[int, np.ndarray, float]]:
+            for job, start in sorted(batch, key=lambda b: b[0].uid):
+                out = self._run_one(job, start)
+                delta = self.algorithm.decode(out.payload, job.client)
+                if not np.isfinite(delta).all():
+                    outs.append(out)
+                    continue
+                outs.append(replace(out, payload={}))  # its delta lives on only in the sum
+                yield job.client, delta, self.algorithm.summand_weight(out.num_samples)
+
+        partial = partial_sum(group.key, summands())
+        by_uid = {o.uid: o if o.payload else replace(o, partial=partial) for o in outs}
+        return [by_uid[job.uid] for job, _start in batch]
 
     def _finetune(self, job: JobSpec, start: np.ndarray) -> JobOutput:
         """Server fine-tuning of an aggregate; ``job.job_index`` is the version it becomes."""

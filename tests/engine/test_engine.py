@@ -35,12 +35,20 @@ def test_stacking_a_convolutional_model_is_refused_in_one_line() -> None:
         run(tiny("workload.name=shapes", "workload.train_samples=200", "executors.stack=4"))
 
 
-# With stacks, a lost stack's jobs run again as a stack, or alone in their slots: same bits.
-@pytest.mark.parametrize("stack", [1, 4])
-def test_killed_executor_loses_no_update(stack: int) -> None:
+# A lost stack's jobs run again as a stack, or alone in their slots; a lost sum group's
+# jobs run again as a group (none of its outputs arrived, as they travel together): same bits.
+LOST = {
+    "jobs": (),
+    "stacked": ("executors.stack=4",),
+    "summed": ("algorithm.name=fedavg", "algorithm.clients_per_round=8", "executors.partial_sums=3"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LOST))
+def test_killed_executor_loses_no_update(name: str) -> None:
     import ray
 
-    heavy = ("stop.max_versions=18", "training.local_steps=30", "clients.num=16", f"executors.stack={stack}")
+    heavy = ("stop.max_versions=18", "training.local_steps=30", "clients.num=16", *LOST[name])
     reference, _ = run(tiny(*heavy, "executors.backend=local"))  # the same numbers, sooner
     killed: list[str] = []
 
@@ -87,6 +95,8 @@ ACROSS = {
         "algorithm.codec.ratio=0.05",
     ),
     "fedavg:stacked": ("algorithm.name=fedavg", "algorithm.clients_per_round=6", "executors.stack=4"),
+    # partial sums: groups of 3 + 3 + 1 summed on either executor, or recomputed after the resume
+    "fedavg:summed": ("algorithm.name=fedavg", "algorithm.clients_per_round=7", "executors.partial_sums=3"),
     "pfl": ("algorithm.max_lost=2", "server.seconds_per_aggregation=0.05", "server.steps=2"),
     "fedcompass": ("algorithm.q_max=10", "algorithm.q_min=2"),
     # skipped uploads, and an AutoClip history kept per client across jobs and executors

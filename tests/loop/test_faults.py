@@ -16,6 +16,7 @@ import pytest
 
 import algorithms
 from algorithms.base import Task, Update
+from algorithms.fedavg import FedAvg
 from algorithms.fedbuff import FedBuff, FedBuffState
 from engine.core.recorder import EVENTS_COLUMNS
 from engine.experiment import run_experiment
@@ -28,6 +29,16 @@ class NaNClient(FedBuff):
     """Client 3 trains with a NaN learning rate: its update is all NaN."""
 
     name: ClassVar[str] = "nan_client"
+
+    def task_for(self, client: int) -> Task:
+        task = super().task_for(client)
+        return replace(task, lr=math.nan) if client == 3 else task
+
+
+class NaNClientRounds(FedAvg):
+    """FedAvg whose client 3 trains with a NaN learning rate."""
+
+    name: ClassVar[str] = "nan_client_rounds"
 
     def task_for(self, client: int) -> Task:
         task = super().task_for(client)
@@ -58,6 +69,30 @@ def test_a_nan_update_is_rejected_and_counted_as_dropped(monkeypatch: pytest.Mon
     assert (bad.bytes_up > 0).all()  # it was uploaded: the network carried it
     assert np.isfinite(result["model"]).all()
     assert result["summary"]["versions"] == 10 and math.isfinite(result["metrics"][-1]["loss"])
+
+
+def test_a_nan_update_summed_on_an_executor_is_left_out_of_the_sum_and_rejected(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With partial sums, the executor sums its group's finite updates only and sends the
+    NaN one on its own, which the server rejects as it would without partial sums."""
+    monkeypatch.setitem(algorithms.ALGORITHMS, NaNClientRounds.name, NaNClientRounds)
+    events = {}
+    for k in (4, 0):
+        cfg = tiny(
+            "executors.backend=local",
+            f"algorithm.name={NaNClientRounds.name}",
+            "algorithm.clients_per_round=8",
+            "stop.max_versions=6",
+            f"executors.partial_sums={k}",
+        )
+        result, _ = run_experiment(cfg, write=False)
+        assert np.isfinite(result["model"]).all() and result["summary"]["versions"] == 6
+        events[k] = pd.DataFrame(result["events"], columns=EVENTS_COLUMNS)
+    bad = events[4][events[4].rejected == 1]
+    assert len(bad) > 0 and (bad.client == 3).all() and len(bad) == (events[4].client == 3).sum()
+    columns = ["client", "job", "finish_time", "bytes_up", "dropped", "rejected"]
+    pd.testing.assert_frame_equal(events[4][columns], events[0][columns])
 
 
 def test_a_run_whose_loss_is_not_finite_stops_as_diverged_and_writes_its_results(

@@ -12,6 +12,8 @@ import pandas as pd
 import pytest
 import torch
 
+from algorithms.base import Update
+from algorithms.fedavg import FedAvg, FedAvgState
 from engine.config import Config, ConfigError
 from engine.core.rng import int_seed
 from engine.experiment import run_experiment
@@ -148,6 +150,41 @@ def test_stacked_jobs_are_close_to_one_at_a_time(tmp_path: Path) -> None:
     assert not np.array_equal(stacked, plain)
 
 
+def test_partial_sums_give_the_per_update_run_up_to_float64_rounding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rounds of 7 summed 3 at a time (groups 3 + 3 + 1) with dropout: every update
+    arrives in a partial sum, and the run has the same jobs, the same events (one row per
+    job, bytes as uploaded) and a model within rounding of the run that sends each update."""
+    summed_updates: list[bool] = []
+    on_update = FedAvg.on_update
+
+    def spy(self: FedAvg, state: FedAvgState, update: Update, now: float) -> FedAvgState:
+        summed_updates.append(update.partial is not None and update.delta.size == 0)
+        return on_update(self, state, update, now)
+
+    monkeypatch.setattr(FedAvg, "on_update", spy)
+    common = (
+        "algorithm.name=fedavg",
+        "algorithm.clients_per_round=7",
+        "clients.availability.dropout=0.2",
+        "stop.max_versions=6",
+    )
+    runs = {}
+    for name in ("summed", "each"):
+        k = 3 if name == "summed" else 0
+        runs[name] = run(tiny(*common, f"executors.partial_sums={k}", f"out_dir={tmp_path / name}"), tmp_path)
+    (summed, summed_path), (each, each_path) = runs["summed"], runs["each"]
+    a, b = frames(summed_path)[1], frames(each_path)[1]
+    assert len(a) == len(b) == summed["summary"]["updates_applied"] + summed["summary"]["jobs_dropped"]
+    assert a.dropped.sum() > 0
+    pd.testing.assert_frame_equal(a.drop(columns="train_loss"), b.drop(columns="train_loss"))
+    np.testing.assert_allclose(a.train_loss, b.train_loss, rtol=1e-5)
+    np.testing.assert_allclose(summed["model"], each["model"], atol=1e-6, rtol=0)
+    n = summed["summary"]["updates_applied"]
+    assert summed_updates == [True] * n + [False] * n  # the summed run's, then the other's
+
+
 def test_stacking_a_convolutional_model_is_refused_in_one_line() -> None:
     # Found by the server once it has the data (the model's input shape), raised in the driver.
     with pytest.raises(ConfigError, match=r"the shapes model has Conv2d, MaxPool2d: set executors\.stack=1$"):
@@ -259,6 +296,8 @@ RESUMED = {  # algorithm states with more in them: a buffer, server optimizer mo
     "fedadam": ("algorithm.clients_per_round=4", "algorithm.server_lr=0.05"),
     # stacks of 4 + 2 in flight at the checkpoint: recomputed in their slots, same bits
     "fedavg:stacked": ("algorithm.clients_per_round=6", "executors.stack=4"),
+    # groups of 3 + 3 + 1 in flight at the checkpoint: recomputed, they sum again alike
+    "fedavg:summed": ("algorithm.clients_per_round=7", "executors.partial_sums=3"),
 }
 
 

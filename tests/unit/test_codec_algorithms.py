@@ -15,7 +15,8 @@ from algorithms import ALGORITHMS
 from algorithms.base import Algorithm, LocalTraining, Task
 from algorithms.codecs import CodecConfig, encoded_bytes
 from algorithms.fedasync import FedAsync
-from algorithms.fedavg import FedAdam, FedAvg
+from algorithms.fedavg import FedAvg
+from algorithms.fedavg_presets import FedAdam
 from algorithms.fedbuff import FedBuff
 from algorithms.fedprox import FedProx
 from engine.config import ConfigError, build_config, load_config, to_dict

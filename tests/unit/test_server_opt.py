@@ -10,14 +10,8 @@ import pytest
 
 from algorithms.aggregation import descend
 from algorithms.base import LocalTraining, Update
-from algorithms.fedavg import (
-    FedAdagrad,
-    FedAdam,
-    FedAvg,
-    FedAvgM,
-    FedAvgParams,
-    FedYogi,
-)
+from algorithms.fedavg import FedAvg, FedAvgParams
+from algorithms.fedavg_presets import FedAdagrad, FedAdam, FedAvgM, FedYogi
 from algorithms.fedbuff import FedBuff, FedBuffParams
 from algorithms.fedprox import FedProxParams
 from algorithms.server_opt import SERVER_OPTS, ServerOptState, server_opt_update
