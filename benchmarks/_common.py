@@ -21,12 +21,17 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 _LOAD_AT_START = os.getloadavg()
 
 
-def parse_args(description: str, repeats: int = 3) -> argparse.Namespace:
-    """--quick, --repeats (default ``repeats``, 1 with --quick) and --no-write."""
+def parse_args(
+    description: str, repeats: int = 3, extra: Callable[[argparse.ArgumentParser], None] | None = None
+) -> argparse.Namespace:
+    """--quick, --repeats (default ``repeats``, 1 with --quick) and --no-write; ``extra``
+    adds a script's own arguments."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--quick", action="store_true", help="tiny sizes (< 1 min), to smoke-check the script")
     p.add_argument("--repeats", type=int, help=f"runs per measurement (default {repeats}, 1 with --quick)")
     p.add_argument("--no-write", action="store_true", help=f"do not write {RESULTS_DIR.name}/<name>.json")
+    if extra is not None:
+        extra(p)
     args = p.parse_args()
     if args.repeats is None:
         args.repeats = 1 if args.quick else repeats

@@ -74,6 +74,8 @@ def engine_throughput(size: dict[str, int], executors: int, cpus: int) -> dict[s
         # they waited (for the server, or for a machine busy with other work).
         "executor_cpu_util": result["cpu"].get("Executor", float("nan"))
         / (loop_seconds(result["summary"]) * executors * cpus),
+        # The server actor's CPU seconds per loop second: taken from the executors' 2 cores.
+        "server_cpu_share": result["cpu"].get("Server", float("nan")) / loop_seconds(result["summary"]),
         "engine": engine_stats(result["summary"]),
     }
 
@@ -131,6 +133,9 @@ def main() -> None:
         "exec CPU util",
     ]
     print(table(heads, rows))
+    for name, runs in engine.items():
+        server = statistics.median(r["server_cpu_share"] for r in runs)
+        print(f"\nserver actor CPU, engine {name}: {server:.3f} of one core over the loop")
     print(f"\ntarget: engine 2x1 >= {TARGET} x plain 1 process x 2 threads")
     write_json(
         "efficiency",
