@@ -49,7 +49,9 @@ class IdleClients:
         listed: Any = None,
     ) -> None:
         self.num = int(num)
-        self.busy = np.unique(np.asarray(busy, dtype=np.int64))
+        self.busy = np.sort(np.asarray(busy, dtype=np.int64))
+        if len(self.busy) > 1 and (self.busy[1:] == self.busy[:-1]).any():
+            self.busy = np.unique(self.busy)  # rare: the engine's busy ids are distinct
         self._mask = available_mask
         self._is_available = is_available
         self._listed = None if listed is None else np.asarray(listed, dtype=np.int64)

@@ -38,10 +38,12 @@ def partial_sum(key: int, summands: Iterable[tuple[int, np.ndarray, float]]) -> 
     members: list[int] = []
     total: np.ndarray | None = None
     weight = 0.0
+    term: np.ndarray | None = None
     for client, delta, w in summands:
-        term = float(w) * np.asarray(delta, dtype=np.float64)
+        # w_i * Delta_i in float64 (the float32 delta widened exactly), into one reused buffer.
+        term = np.multiply(delta, float(w), dtype=np.float64, out=term)
         if total is None:
-            total = term
+            total, term = term, None
         else:
             total += term
         weight += float(w)

@@ -56,40 +56,98 @@ def config(*overrides: str) -> Config:
 
 def run(cfg: Config) -> dict[str, Any]:
     """Run one experiment without writing files; return its result dict, plus under
-    ``"cpu"`` the CPU seconds its Ray actors used during the loop, by actor class."""
+    ``"cpu"`` the CPU seconds its Ray actors used during the loop, by actor class (to their
+    last reading), and under ``"cpu_window"`` every role's CPU seconds (``machine``: all
+    cores' busy seconds) from the first to the last version reported, with that window's
+    wall ``seconds``: where the machine's time went while versions were made."""
     from engine.experiment import run_experiment
 
     sampler = CpuSampler()
     base: dict[int, tuple[str, float]] = {}
+    end: dict[int, tuple[str, float]] = {}
+    window = [0.0, 0.0]
 
     def on_progress(info: dict[str, Any]) -> None:
-        if not base and "version" in info:  # the loop has started
+        if "version" not in info:
+            return
+        if not base:  # the loop has started
             base.update(sampler.latest)
+            window[0] = time.perf_counter()
+        end.clear()
+        end.update(sampler.latest)
+        window[1] = time.perf_counter()
 
     with sampler:
         result, _ = run_experiment(cfg, write=False, on_progress=on_progress)
-    cpu: dict[str, float] = {}
-    for pid, (role, seconds) in sampler.latest.items():
-        cpu[role] = cpu.get(role, 0.0) + seconds - base.get(pid, (role, 0.0))[1]
-    result["cpu"] = cpu
+    result["cpu"] = _cpu_by_role(base, sampler.latest)
+    result["cpu_window"] = {**_cpu_by_role(base, end), "seconds": window[1] - window[0]}
     return result
+
+
+def machine_shares(cpu_window: dict[str, float]) -> dict[str, float]:
+    """Shares of all the machine's cores over a run's ``cpu_window``: the executors, the
+    server actor, Ray's own processes (raylet, GCS), this driver, everything else (other
+    Ray workers and agents, other programs) and idle; they add up to 1."""
+    total = cpu_window["seconds"] * (os.cpu_count() or 1)
+    roles = {
+        "executors": cpu_window.get("Executor", 0.0),
+        "server": cpu_window.get("Server", 0.0),
+        "ray_system": cpu_window.get("raylet", 0.0) + cpu_window.get("gcs_server", 0.0),
+        "driver": cpu_window.get("driver", 0.0),
+    }
+    busy = cpu_window.get("machine", float("nan"))
+    shares = {k: v / total for k, v in roles.items()}
+    shares["other"] = (busy - sum(roles.values())) / total
+    shares["idle"] = 1.0 - busy / total
+    return shares
+
+
+SHARES = ("executors", "server", "ray_system", "driver", "other", "idle")  # machine_shares' keys
+
+
+def shares_table(runs: dict[str, list[dict[str, Any]]]) -> str:
+    """Per setup, the median of its runs' ``machine_shares``, as a table with a heading."""
+    rows = [
+        [name, *(statistics.median(r["machine_shares"][k] for r in rs) for k in SHARES)]
+        for name, rs in runs.items()
+    ]
+    return "where all cores went while versions were made (median shares, adding up to 1):\n" + table(
+        ["setup", *SHARES], rows
+    )
+
+
+def _cpu_by_role(base: dict[int, tuple[str, float]], now: dict[int, tuple[str, float]]) -> dict[str, float]:
+    cpu: dict[str, float] = {}
+    for pid, (role, seconds) in now.items():
+        cpu[role] = cpu.get(role, 0.0) + seconds - base.get(pid, (role, 0.0))[1]
+    return cpu
+
+
+MACHINE = -1  # CpuSampler's key for the whole machine's busy CPU seconds
 
 
 class CpuSampler:
     """Polls /proc for the CPU time of this Ray session's worker processes (Linux only;
     empty elsewhere). ``latest``: pid -> (actor class, CPU seconds), as last seen, at most
-    ``period`` old: actors are killed at the end of a run, so the last poll is what counts."""
+    ``period`` old: actors are killed at the end of a run, so the last poll is what counts.
+    Also Ray's own processes (roles ``raylet`` and ``gcs_server``), this driver (``driver``)
+    and, under the key ``MACHINE``, every core's busy seconds (role ``machine``), so that a
+    benchmark can say where the machine's time went besides the executors."""
 
     def __init__(self, period: float = 0.2) -> None:
         self.period = period
         self.latest: dict[int, tuple[str, float]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._own: dict[int, str] = {os.getpid(): "driver"}
         try:
             import ray
 
             node: Any = ray._private.worker._global_node  # Ray internals: degrade to nothing
             self._raylet = int(node.all_processes["raylet"][0].process.pid)
+            self._own[self._raylet] = "raylet"
+            for info in node.all_processes.get("gcs_server", []):
+                self._own[int(info.process.pid)] = "gcs_server"
         except Exception:
             self._raylet = -1
 
@@ -110,16 +168,19 @@ class CpuSampler:
                 try:
                     with open(f"/proc/{pid}/stat") as f:
                         fields = f.read().rsplit(")", 1)[1].split()
-                    if int(fields[1]) != self._raylet:
-                        continue
-                    with open(f"/proc/{pid}/cmdline") as f:
-                        title = f.read().split("\0")[0]  # "ray::Executor.run" -> Executor
+                    role = self._own.get(int(pid), "")
+                    if not role and int(fields[1]) == self._raylet:
+                        with open(f"/proc/{pid}/cmdline") as f:
+                            title = f.read().split("\0")[0]  # "ray::Executor.run" -> Executor
+                        role = title.removeprefix("ray::").split(".")[0].split(" ")[0]
                 except (OSError, IndexError, ValueError):
                     continue
-                role = title.removeprefix("ray::").split(".")[0].split(" ")[0]
-                if not role:  # exiting: its cmdline is gone; keep the last good reading
+                if not role:  # not ours, or exiting (its cmdline is gone): keep the last reading
                     continue
                 self.latest[int(pid)] = (role, (int(fields[11]) + int(fields[12])) / tick)
+            with open("/proc/stat") as f:  # cpu user nice system idle iowait irq softirq steal
+                ticks = [int(x) for x in f.readline().split()[1:9]]
+            self.latest[MACHINE] = ("machine", (sum(ticks) - ticks[3] - ticks[4]) / tick)
 
 
 def loop_seconds(summary: dict[str, Any]) -> float:

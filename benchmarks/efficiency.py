@@ -23,8 +23,10 @@ from benchmarks._common import (
     engine_stats,
     local_ray,
     loop_seconds,
+    machine_shares,
     parse_args,
     run,
+    shares_table,
     table,
     write_json,
 )
@@ -76,6 +78,7 @@ def engine_throughput(size: dict[str, int], executors: int, cpus: int) -> dict[s
         / (loop_seconds(result["summary"]) * executors * cpus),
         # The server actor's CPU seconds per loop second: taken from the executors' 2 cores.
         "server_cpu_share": result["cpu"].get("Server", float("nan")) / loop_seconds(result["summary"]),
+        "machine_shares": machine_shares(result["cpu_window"]),
         "engine": engine_stats(result["summary"]),
     }
 
@@ -136,6 +139,7 @@ def main() -> None:
     for name, runs in engine.items():
         server = statistics.median(r["server_cpu_share"] for r in runs)
         print(f"\nserver actor CPU, engine {name}: {server:.3f} of one core over the loop")
+    print("\n" + shares_table({f"engine {name}": runs for name, runs in engine.items()}))
     print(f"\ntarget: engine 2x1 >= {TARGET} x plain 1 process x 2 threads")
     write_json(
         "efficiency",

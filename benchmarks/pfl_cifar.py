@@ -34,8 +34,10 @@ from benchmarks._common import (
     engine_stats,
     local_ray,
     loop_seconds,
+    machine_shares,
     parse_args,
     run,
+    shares_table,
     table,
     write_json,
 )
@@ -102,6 +104,8 @@ def engine_throughput(size: dict[str, int], overrides: list[str]) -> dict[str, A
         # The server actor's CPU seconds per loop second: on 2 cores its aggregation of
         # every update (50 x 6.5 MB a round) takes CPU from the executors.
         "server_cpu_share": result["cpu"].get("Server", float("nan")) / loop_seconds(result["summary"]),
+        # Where both cores went between the first and the last version (adds up to 1).
+        "machine_shares": machine_shares(result["cpu_window"]),
         "engine": engine_stats(result["summary"]),
     }
 
@@ -185,6 +189,7 @@ def main() -> None:
     for v, v_runs in runs.items():
         server = statistics.median(r["server_cpu_share"] for r in v_runs)
         print(f"\nserver actor CPU, {v}: {server:.3f} of one core over the loop")
+    print("\n" + shares_table(runs))
     print(f"target: engine 2x1 >= {TARGET} x plain 1 process x 2 threads")
     for v, v_runs in runs.items():
         if any(r["steps"] != steps for r in v_runs):  # e.g. an override that changes the local work

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -94,6 +95,8 @@ def readonly_tensor(a: np.ndarray) -> torch.Tensor:
 
     import torch
 
+    if a.flags.writeable:  # nothing to warn about: skip the warnings machinery (per job)
+        return torch.from_numpy(a)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return torch.from_numpy(a)
@@ -123,9 +126,14 @@ class ParamLayout:
     shapes: tuple[tuple[int, ...], ...]
     dtypes: tuple[str, ...]
 
+    @cached_property
+    def sizes(self) -> tuple[int, ...]:
+        """Entries per tensor (computed once: ``load`` and ``flatten`` run for every job)."""
+        return tuple(int(np.prod(s)) for s in self.shapes)
+
     @property
     def size(self) -> int:
-        return int(sum(int(np.prod(s)) for s in self.shapes))
+        return sum(self.sizes)
 
     @staticmethod
     def of(model: torch.nn.Module) -> ParamLayout:
@@ -150,10 +158,7 @@ class ParamLayout:
 
         src = readonly_tensor(np.asarray(flat, dtype=np.float32))
         sd = model.state_dict()
-        offset = 0
         with torch.no_grad():
-            for name, shape in zip(self.names, self.shapes, strict=True):
-                n = int(np.prod(shape))
-                dst = sd[name]
-                dst.copy_(src[offset : offset + n].view(shape).to(dst.dtype))
-                offset += n
+            # copy_ converts float32 to the tensor's dtype (an integer buffer, say) itself.
+            for name, shape, piece in zip(self.names, self.shapes, src.split(self.sizes), strict=True):
+                sd[name].copy_(piece.view(shape))

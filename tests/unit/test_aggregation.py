@@ -116,5 +116,6 @@ def test_dispatch_and_release() -> None:
     same, none = dispatch(lambda c: task, in_flight, 4, idle, np.random.default_rng(0))
     assert same == in_flight and none == []
     assert release((1, 3, 5), 3) == (1, 5)
+    assert release((3, 1, 3, 5), 3) == (1, 5)  # every entry of the client goes
     with pytest.raises(ValueError, match="no job in flight"):
         release((1, 5), 3)

@@ -16,6 +16,9 @@ def test_positions_by_hand() -> None:
     assert idle.at([0, 1, 2, 3]).tolist() == [1, 2, 4, 5]
     assert list(idle) == [1, 2, 4, 5]
     assert [c in idle for c in range(-1, 7)] == [False, False, True, True, False, True, True, False]
+    # A busy id given twice counts once.
+    twice = IdleClients(6, busy=[3, 0, 3])
+    assert twice.busy.tolist() == [0, 3] and len(twice) == 4 and list(twice) == [1, 2, 4, 5]
 
 
 @pytest.mark.parametrize("num", [7, 10_001, 1_000_000])

@@ -98,3 +98,17 @@ def test_workload_models_fit_their_data(name: str) -> None:
     m = w.model(DatasetMeta(shape, classes))
     x = w.to_tensor(np.zeros((2, *shape), dtype=np.uint8))
     assert m(x).shape == (2, classes)
+
+
+def test_layout_round_trips_an_integer_buffer_and_refuses_a_wrong_length() -> None:
+    # BatchNorm's step counter is int64: it travels as a float32 entry and comes back as int.
+    model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.BatchNorm1d(3))
+    layout = ParamLayout.of(model)
+    assert layout.sizes == (6, 3, 3, 3, 3, 3, 1) and layout.size == 22
+    flat = np.arange(22, dtype=np.float32)
+    layout.load(model, flat)
+    assert model[1].num_batches_tracked.dtype == torch.int64 and int(model[1].num_batches_tracked) == 21
+    assert model[0].weight.tolist() == [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]]
+    assert layout.flatten(model).tolist() == flat.tolist()
+    with pytest.raises(RuntimeError):  # one entry short: nothing is loaded partly by guesswork
+        layout.load(model, flat[:-1])
