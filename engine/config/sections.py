@@ -37,6 +37,11 @@ class ExecutorsConfig:
     # summed on one executor, which returns one partial sum instead of each update
     # (algorithms/partial_sums.py); the server adds a few sums. 0: every update comes back.
     partial_sums: int = 0
+    # Ray backend: about this many seconds of work (at its measured pace) wait on each
+    # executor; the other jobs wait on the server for whichever executor frees up first, so
+    # a slower executor does not set a round's length (engine/core/late_binding.py). 0:
+    # every job is sent as soon as it is dispatched, bound to an executor by count.
+    queue_seconds: float = 0.5
 
     def __post_init__(self) -> None:
         _check(
@@ -48,6 +53,10 @@ class ExecutorsConfig:
         _check(self.max_batch >= 1, f"max_batch must be >= 1 (got {self.max_batch})")
         _check(self.stack >= 1, f"stack must be >= 1, 1 meaning one job at a time (got {self.stack})")
         _check(self.partial_sums >= 0, f"partial_sums must be >= 0, 0 meaning off (got {self.partial_sums})")
+        _check(
+            self.queue_seconds >= 0,
+            f"queue_seconds must be >= 0, 0 meaning every job is sent at once (got {self.queue_seconds})",
+        )
 
 
 @dataclass(frozen=True)

@@ -76,7 +76,17 @@ class Server:
         def pool(on_outputs: OnOutputs, load_state: LoadState) -> ExecutorPool:
             num, where, warm = self.num_executors, self.placement, self.warm
             return ExecutorPool(
-                self.run_id, num, spec, data_ref, batch, on_outputs, load_state, placement=where, warm=warm
+                self.run_id,
+                num,
+                spec,
+                data_ref,
+                batch,
+                on_outputs,
+                load_state,
+                placement=where,
+                warm=warm,
+                # Wall mode: every job on the executors at once, sleeping out its padding.
+                queue_seconds=0.0 if cfg.clock.mode == "wall" else cfg.executors.queue_seconds,
             )
 
         kind = WallSimulation if cfg.clock.mode == "wall" else Simulation

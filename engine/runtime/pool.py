@@ -3,10 +3,14 @@ actors. It creates them in one batch, packs jobs into calls, notices finished ca
 re-runs the jobs of an executor that died on a replacement.
 
 Jobs are queued and sent lazily: the server ``flush``es before it must wait for a
-result, when an executor's queue runs low (fewer than ``LOW_WATER`` jobs), or when
-enough jobs are queued to fill a call. Executors thus never starve, and in steady state
-several jobs travel per Ray call, which keeps the engine's overhead per job below Ray's
-per-call cost. Within a flush, jobs go out most urgent first (earliest possible finish).
+result, when an executor's queue runs low (fewer than ``LOW_WATER`` jobs), when enough
+jobs are queued to fill a call for each executor with room, and, while jobs wait for
+room, when a result comes back. Executors thus never starve, and in steady state several
+jobs travel per Ray call, which keeps the engine's overhead per job below Ray's per-call
+cost. Binding is late (engine/core/late_binding.py): an executor holds about
+``executors.queue_seconds`` of work at its measured pace; the rest wait here for
+whichever executor frees up first. Within a flush, jobs go out most urgent first
+(earliest possible finish).
 """
 
 from __future__ import annotations
@@ -25,13 +29,13 @@ from ray.util.placement_group import PlacementGroup
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from engine.core.backend import CLIENT, JobOutput, JobSpec, LoadState
+from engine.core.late_binding import LOW_WATER, Pace, call_size, has_room, plan_calls, window
 from engine.runtime.executor import Executor
 from engine.worker.worker import ExecutorSpec
 
 log = logging.getLogger("fedray")
 
 EXECUTOR_LOST = (RayActorError, ActorDiedError, ActorUnavailableError)
-LOW_WATER = 2  # an executor with fewer jobs queued than this gets the queued jobs at once
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,8 @@ class _Slot:
     outstanding: int = 0  # jobs sent and not yet returned
     generation: int = 0  # bumped each time the executor is replaced
     borrowed: bool = False  # handed in set up for another run before: not ours to kill
+    pace: Pace = field(default_factory=Pace)  # its measured seconds per job
+    limit: int | None = None  # jobs it may hold (late_binding.window of its pace)
 
 
 def bare_executor(
@@ -111,12 +117,15 @@ class ExecutorPool:
         load_state: LoadState,
         placement: Placement | None = None,
         warm: list[Any] | None = None,
+        queue_seconds: float = 0.0,
     ) -> None:
         self.run_id = run_id
         self.placement = placement
         self.spec = spec
         self._args = (data_ref,)  # the run's data (RunData), one object in the store
         self.max_batch = max_batch
+        self.queue_seconds = queue_seconds  # 0: every job is sent at once (late_binding.py)
+        self.held_back = False  # the last flush left jobs queued for want of room
         self.on_outputs = on_outputs
         self.load_state = load_state
         # warm: executors someone else started and stops (a sweep's, reused trial after trial;
@@ -168,7 +177,8 @@ class ExecutorPool:
         group = spec.group
         if group is not None and sum(q.spec.group == group for q in self.queue) < group.size:
             return  # a sum group goes out whole, to one executor (the loop enqueues it at once)
-        if len(self.queue) >= self.max_batch * len(self.slots) or self.running_low():
+        fill = sum(call_size(s.limit, self.max_batch) for s in self.slots if self._has_room(s))
+        if self.running_low() or (fill and len(self.queue) >= fill):
             self.flush()
 
     def cancel(self, uid: int) -> None:
@@ -178,28 +188,26 @@ class ExecutorPool:
     def running_low(self) -> bool:
         return any(s.outstanding < LOW_WATER for s in self.slots)
 
+    def _has_room(self, slot: _Slot) -> bool:
+        return has_room(slot.outstanding, slot.limit, self.max_batch)
+
     def flush(self) -> None:
-        """Send every queued job: least-loaded executor first, at most max_batch per call
-        (more only for a bigger stack or sum group), a stack's or sum group's jobs together."""
+        """Send queued jobs, most urgent first, as ``plan_calls`` says; what finds no room
+        stays queued until a result comes back."""
         if not self.queue:
             return
-        queued, self.queue = sorted(self.queue, key=lambda q: (q.urgency, q.spec.uid)), []
+        queued = sorted(self.queue, key=lambda q: (q.urgency, q.spec.uid))
         units: dict[int, list[_Queued]] = {}  # by stack or sum group; any other job on its own
         for q in queued:
             key = q.spec.unit
             units.setdefault(key if key is not None else -1 - q.spec.uid, []).append(q)
-        calls: dict[int, list[list[_Queued]]] = {}
-        load = {s.index: s.outstanding for s in self.slots}
-        for unit in units.values():
-            i = min(load, key=lambda k: (load[k], k))
-            load[i] += len(unit)
-            mine = calls.setdefault(i, [[]])
-            if mine[-1] and len(mine[-1]) + len(unit) > self.max_batch:
-                mine.append([])
-            mine[-1].extend(unit)
-        for i, batches in calls.items():
-            for items in batches:
-                self._send(self.slots[i], items)
+        pending = list(units.values())
+        outstanding, limits = [s.outstanding for s in self.slots], [s.limit for s in self.slots]
+        calls, sent = plan_calls(pending, outstanding, limits, self.max_batch)
+        for i, items in calls:
+            self._send(self.slots[i], items)
+        self.queue = [q for unit in pending[sent:] for q in unit]
+        self.held_back = bool(self.queue)
 
     def _send(self, slot: _Slot, items: list[_Queued]) -> None:
         refs: list[Any] = []
@@ -209,6 +217,7 @@ class ExecutorPool:
                 refs.append(q.params_ref)
             state = self.load_state(q.spec.client) if q.spec.kind == CLIENT else q.spec.client_state
             specs.append(replace(q.spec, param_slot=refs.index(q.params_ref), client_state=state))
+        slot.pace = slot.pace.sent(time.perf_counter())
         call = Call(slot, slot.actor, items)
         stream = slot.actor.run.options(num_returns="streaming").remote(specs, *refs)
         call.future = asyncio.ensure_future(self._consume(call, stream))
@@ -225,8 +234,13 @@ class ExecutorPool:
             async for ref in stream:
                 outs = await ref
                 returned.update(o.uid for o in outs)
-                call.slot.outstanding -= len(outs)
+                slot = call.slot
+                slot.outstanding -= len(outs)
+                slot.pace = slot.pace.finished(time.perf_counter(), len(outs), slot.outstanding)
+                slot.limit = window(slot.pace, self.queue_seconds)
                 self.on_outputs(outs)
+                if self.held_back and self._has_room(slot):
+                    self.flush()  # late binding: the executor that freed up takes the next jobs
                 self._arrived.set()
         except EXECUTOR_LOST:
             if self.closing:

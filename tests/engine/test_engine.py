@@ -41,6 +41,8 @@ LOST = {
     "jobs": (),
     "stacked": ("executors.stack=4",),
     "summed": ("algorithm.name=fedavg", "algorithm.clients_per_round=8", "executors.partial_sums=3"),
+    # jobs held back on the server when the executor dies (engine/core/late_binding.py)
+    "late_bound": ("executors.queue_seconds=1e-9",),
 }
 
 
@@ -64,6 +66,21 @@ def test_killed_executor_loses_no_update(name: str) -> None:
     assert result["summary"]["updates_applied"] == reference["summary"]["updates_applied"]
     assert result["events"] == reference["events"]
     np.testing.assert_array_equal(result["model"], reference["model"])
+
+
+def test_late_binding_changes_the_calls_not_the_results() -> None:
+    """Executors holding two jobs each (a tiny ``queue_seconds``: the rest wait on the server
+    and go out one by one as executors free up) against every job sent when dispatched."""
+    cfg = ("algorithm.name=fedavg", "clients.num=20", "algorithm.clients_per_round=20", "stop.max_versions=3")
+    eager, _ = run(tiny(*cfg, "executors.queue_seconds=0"))
+    late, _ = run(tiny(*cfg, "executors.queue_seconds=1e-9"))
+    assert late["events"] == eager["events"]
+    np.testing.assert_array_equal(late["model"], eager["model"])
+    calls = {k: r["summary"]["engine"]["calls"] for k, r in (("eager", eager), ("late", late))}
+    assert calls["eager"] % 3 == 0 and calls["eager"] <= 3 * 6  # 3 rounds of 20 jobs, a few calls each
+    # Late: the first round goes as eagerly (no executor's pace is known yet), then 20 calls
+    # of one job a round.
+    assert calls["late"] == calls["eager"] // 3 + 2 * 20
 
 
 def test_wall_clock_mode_runs_with_real_sleeps() -> None:
