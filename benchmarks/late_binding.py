@@ -27,8 +27,8 @@ import statistics
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from benchmarks._common import local_ray, parse_args, table, write_json
@@ -55,9 +55,10 @@ def _ray_processes() -> dict[int, str]:
 def _pin(pid: int, cores: set[int]) -> None:
     """Every thread of ``pid`` (sched_setaffinity takes one thread; threads started later
     inherit their creator's)."""
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        with contextlib.suppress(OSError):
-            os.sched_setaffinity(int(tid), cores)
+    with contextlib.suppress(OSError):  # the process (or a thread) may have exited meanwhile
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(int(tid), cores)
 
 
 @contextmanager
@@ -113,7 +114,10 @@ def main() -> None:
         if args.quick
         else {"clients": 1000, "cohort": 50, "eval_every": 3, "rounds": 13, "test": 500}
     )
-    machines = {"as is": contextmanager(lambda: iter([None])), "one executor slowed": one_executor_slowed}
+    machines: dict[str, Callable[[], AbstractContextManager[None]]] = {
+        "as is": contextlib.nullcontext,
+        "one executor slowed": one_executor_slowed,
+    }
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {m: {s: [] for s in SETTINGS} for m in machines}
     with local_ray(2):
         for _ in range(args.repeats):  # interleaved: drifts in machine load hit every setup alike

@@ -7,9 +7,8 @@ executor holds about ``queue_seconds`` of work, ``window`` jobs at its own measu
 (at least ``LOW_WATER``, so the round trip to it never starves it); the rest wait on the
 server and go to whichever executor frees up first, each call at most half its window
 and at most what evens out the executors' shares, so a round's last jobs go one or two
-at a time.
-Cheap jobs have windows of hundreds: everything goes at once, as many per call as
-``max_batch``. Which executor runs a job never changes its result (keyed streams).
+at a time. Cheap jobs have windows of hundreds: everything goes at once, as many per call
+as ``max_batch``. Which executor runs a job never changes its result (keyed streams).
 Pure, so the schedule is tested without Ray.
 """
 

@@ -70,7 +70,6 @@ class _Slot:
     generation: int = 0  # bumped each time the executor is replaced
     borrowed: bool = False  # handed in set up for another run before: not ours to kill
     pace: Pace = field(default_factory=Pace)  # its measured seconds per job
-    limit: int | None = None  # jobs it may hold (late_binding.window of its pace)
 
 
 def bare_executor(
@@ -177,8 +176,7 @@ class ExecutorPool:
         group = spec.group
         if group is not None and sum(q.spec.group == group for q in self.queue) < group.size:
             return  # a sum group goes out whole, to one executor (the loop enqueues it at once)
-        fill = sum(call_size(s.limit, self.max_batch) for s in self.slots if self._has_room(s))
-        if self.running_low() or (fill and len(self.queue) >= fill):
+        if self.running_low() or self._fills_calls():
             self.flush()
 
     def cancel(self, uid: int) -> None:
@@ -188,8 +186,16 @@ class ExecutorPool:
     def running_low(self) -> bool:
         return any(s.outstanding < LOW_WATER for s in self.slots)
 
+    def _limit(self, slot: _Slot) -> int | None:
+        return window(slot.pace, self.queue_seconds)
+
     def _has_room(self, slot: _Slot) -> bool:
-        return has_room(slot.outstanding, slot.limit, self.max_batch)
+        return has_room(slot.outstanding, self._limit(slot), self.max_batch)
+
+    def _fills_calls(self) -> bool:
+        """Enough is queued for a full call to every executor with room (and one has room)."""
+        fill = sum(call_size(self._limit(s), self.max_batch) for s in self.slots if self._has_room(s))
+        return fill > 0 and len(self.queue) >= fill
 
     def flush(self) -> None:
         """Send queued jobs, most urgent first, as ``plan_calls`` says; what finds no room
@@ -202,7 +208,7 @@ class ExecutorPool:
             key = q.spec.unit
             units.setdefault(key if key is not None else -1 - q.spec.uid, []).append(q)
         pending = list(units.values())
-        outstanding, limits = [s.outstanding for s in self.slots], [s.limit for s in self.slots]
+        outstanding, limits = [s.outstanding for s in self.slots], [self._limit(s) for s in self.slots]
         calls, sent = plan_calls(pending, outstanding, limits, self.max_batch)
         for i, items in calls:
             self._send(self.slots[i], items)
@@ -237,7 +243,6 @@ class ExecutorPool:
                 slot = call.slot
                 slot.outstanding -= len(outs)
                 slot.pace = slot.pace.finished(time.perf_counter(), len(outs), slot.outstanding)
-                slot.limit = window(slot.pace, self.queue_seconds)
                 self.on_outputs(outs)
                 if self.held_back and self._has_room(slot):
                     self.flush()  # late binding: the executor that freed up takes the next jobs
